@@ -1,0 +1,239 @@
+"""Experiment configs: YAML files -> typed dataclasses, checked before any work starts.
+
+A config file holds sections (``Global:``, later ``Model:``, ``Data:``, ``Train:`` ...) whose
+keys are the fields of the dataclasses below. ``_base_: other.yaml`` (or a list) inherits from
+other files, relative to the including file; later files and then command-line overrides
+``-o Section.key=value`` win. Any unknown or mistyped key is an error that names the key and
+the file (or the override) it came from.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and where it was set."""
+
+
+@dataclass
+class GlobalConfig:
+    """Run-wide settings."""
+
+    device: str = "auto"  # auto | cpu | gpu[:N] | npu[:N] | <custom device type>[:N]
+    seed: int = 42
+
+
+@dataclass
+class Config:
+    """The whole experiment. Sections are added by the issues that need them."""
+
+    Global: GlobalConfig = field(default_factory=GlobalConfig)
+
+
+# ---------------------------------------------------------------------------- reading files
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(into: dict, new: dict, origin: dict, source: str, prefix: str = "") -> None:
+    """Deep-merge ``new`` into ``into``; ``origin`` remembers which file set each dotted key."""
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, source, dotted + ".")
+        else:
+            into[key] = value
+            origin[dotted] = source
+            if isinstance(value, dict):  # every key below a new mapping comes from this file
+                for sub in _flatten(value, dotted + "."):
+                    origin[sub] = source
+
+
+def _flatten(d: dict, prefix: str) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.append(prefix + str(k))
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+    return out
+
+
+def _load_tree(path: Path, origin: dict, chain: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"{path}: _base_ inheritance loops: {cycle}")
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
+    tree: dict = {}
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: _base_ file {base!r} not found (looked at {base_path})")
+        # The recursive load already recorded where each of the base's keys was set.
+        _merge(tree, _load_tree(base_path, origin, (*chain, path)), {}, "")
+    _merge(tree, data, origin, str(path))
+    return tree
+
+
+# ---------------------------------------------------------------------------- types
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
+    """Check ``value`` against the annotation ``tp``; text from ``-o`` is converted to it."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (from_text and str(value).lower() in ("null", "none", "~")):
+            if type(None) in args:
+                return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where, from_text)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if from_text and isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{where}[{i}]", False) for i, v in enumerate(value)]
+    if origin is dict:
+        if from_text and isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return yaml.safe_load(value) if from_text and isinstance(value, str) else value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r} ({type(value).__name__}); quote it")
+    raise ConfigError(f"{where}: unsupported config type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict, origin: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        where = f"{origin.get(dotted, '<defaults>')}: {dotted}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(f"{origin.get(dotted, '<defaults>')}: unknown key {dotted!r}{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a section (a mapping of keys), got {value!r}")
+            kwargs[key] = _build(tp, value, origin, dotted + ".")
+        else:
+            kwargs[key] = _coerce(value, tp, where, origin.get(dotted, "").startswith("-o "))
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def apply_overrides(tree: dict, overrides: Sequence[str], origin: dict) -> None:
+    """``Section.key=value`` strings into the raw tree (values stay text until typed)."""
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"-o {text}: an override is Section.key=value")
+        node, path = tree, ""
+        *parents, leaf = key.split(".")
+        for part in parents:
+            path += part
+            if part not in node:
+                node[part] = {}
+                origin[path] = f"-o {text}"
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"-o {text}: {path!r} is a value, not a section")
+            path += "."
+        node[leaf] = value
+        origin[key] = f"-o {text}"
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), schema: type = Config) -> Any:
+    """Read ``path`` (with its ``_base_`` chain), apply overrides, and type-check everything."""
+    origin: dict[str, str] = {}
+    tree = _load_tree(Path(path), origin) if path else {}
+    apply_overrides(tree, overrides, origin)
+    return _build(schema, tree, origin)
+
+
+def to_dict(config: Any) -> dict:
+    """The config as plain data, e.g. to save beside a checkpoint."""
+    return dataclasses.asdict(config)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The PaddleClas habit: ``-c config.yaml -o Section.key=value ...``."""
+    parser.add_argument("-c", "--config", help="experiment YAML file")
+    parser.add_argument(
+        "-o", "--override", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. -o Global.device=npu",
+    )
+    return parser

@@ -1,0 +1,33 @@
+"""paddle_medvl: BLIP-2-style medical vision-language models on PaddlePaddle (CPU, GPU, Ascend NPU)."""
+from setuptools import setup
+
+setup(
+    name="paddle_medvl",
+    version="0.1.0",
+    description="Fine-tune, evaluate, serve and export BLIP-2-style medical vision-language models "
+    "on CPU, NVIDIA GPU and Ascend NPU (PaddleCustomDevice).",
+    python_requires=">=3.10",
+    # custom_device/ sits at the top of the repository (it is its own layer) but installs
+    # as paddle_medvl.custom_device so that the plugin source travels with the package.
+    packages=["paddle_medvl", "paddle_medvl.custom_device"],
+    package_dir={"paddle_medvl.custom_device": "custom_device"},
+    package_data={"paddle_medvl.custom_device": ["*.cc", "README.md"]},
+    install_requires=[
+        "paddlepaddle>=2.6",
+        "paddlenlp>=2.8,<3",
+        "numpy",
+        "pillow",
+        "pyyaml",
+        "safetensors",
+        "tqdm",
+        "nltk",
+        "rouge-score",
+        "pycocoevalcap",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis"],
+        # Only for regenerating the parity fixtures; never needed to run the tests.
+        "parity": ["torch==2.13.0", "transformers"],
+        "dicom": ["pydicom"],
+    },
+)
