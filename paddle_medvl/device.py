@@ -136,7 +136,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def _plugin_help(device_type: str, probe: Probe, environ: Mapping[str, str]) -> str:
     types = probe.custom_types()
     registered = ", ".join(types) if types else "none"
-    root = environ.get("CUSTOM_DEVICE_ROOT", "<unset>")
+    root = environ.get("CUSTOM_DEVICE_ROOT") or "<unset>"
     msg = (
         f"device type {device_type!r} is not available: no PaddleCustomDevice plugin registers it. "
         f"Registered custom device types: {registered}. Paddle loads plugins (*.so) at "
