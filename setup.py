@@ -1,5 +1,5 @@
 """paddle_medvl: BLIP-2-style medical vision-language models on PaddlePaddle (CPU, GPU, Ascend NPU)."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="paddle_medvl",
@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.10",
     # custom_device/ sits at the top of the repository (it is its own layer) but installs
     # as paddle_medvl.custom_device so that the plugin source travels with the package.
-    packages=["paddle_medvl", "paddle_medvl.custom_device"],
+    packages=find_packages(include=["paddle_medvl", "paddle_medvl.*"]) + ["paddle_medvl.custom_device"],
     package_dir={"paddle_medvl.custom_device": "custom_device"},
     package_data={"paddle_medvl.custom_device": ["*.cc", "README.md"]},
     install_requires=[
