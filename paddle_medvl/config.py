@@ -38,13 +38,14 @@ class DataConfig:
 
     format: str = ""  # imageclef_caption | rocov2 | medvqa_gi | iu_xray | mimic_cxr | files
     root: str = ""  # the data set folder; no path read from its files may leave it
+    image_dir: str = ""  # images folder under root; "" = the format's own ("{split}" or "images")
     train_split: str = "train"
     val_split: str = "valid"
     image_size: int = 224  # 224 or 364 (paper 000)
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # RandomResizedCrop for training
     hflip: bool = False  # flipping a radiograph swaps left and right findings: off unless asked for
     views: str = "first"  # first | all: how a study's several images reach the model (see data/README)
-    prompt: str = ""  # conditioning text, e.g. "a photo of" for captions; readers may build their own
+    prompt: str = ""  # template filled from each record: {question} (VQA), {prior} (reports); "" = the format's default
     max_prompt_len: int = 32  # fixed padded lengths: NPUs compile one kernel per shape
     max_target_len: int = 128
     on_error: str = "raise"  # raise | skip: skip drops bad records, counts them and reports at the end
@@ -54,6 +55,7 @@ class DataConfig:
     split_seed: int = 42
     reports_csv: str | None = None  # iu_xray: indiana_reports.csv, for the prior-information prompt
     labels_csv: str | None = None  # mimic_cxr: CheXbert labels CSV, for the prior-information prompt
+    labels_encoding: str = "class_index"  # class_index (0 blank 1 pos 2 neg 3 uncertain) | chexbert_csv (1 / 0 / -1 / blank)
     clean_reports: bool = True  # R2Gen's report cleaning
 
 

@@ -65,3 +65,52 @@ def resolve_under(root: str | Path, relative: str, where: str) -> Path:
     if root_path != path and root_path not in path.parents:
         raise DataError(f"{where}: image path {relative!r} escapes the data root {root}")
     return path
+
+
+def image_file(folder: Path, image_id: str, suffix: str, where: str) -> Path:
+    """The image an ID names; an ID is a plain file name, so it cannot lead out of ``folder``."""
+    if not image_id or image_id in (".", "..") or Path(image_id).name != image_id or "\\" in image_id:
+        raise DataError(f"{where}: the ID is not a plain file name and would leave the data root")
+    return folder / f"{image_id}{suffix}"
+
+
+def read_rows(
+    path: Path, delimiter: str, problems: Problems, header: list[str] | None = None, width: int | None = None
+) -> list[tuple[int, list[str]]]:
+    """Rows of a delimited text file with their 1-based line numbers, cells stripped.
+
+    ``header`` is checked against the first line when given (otherwise the file has none) and
+    sets the expected width. A row with the wrong number of fields is a problem naming the file
+    and line. Tab-separated files are read without quoting (ImageCLEF captions contain bare
+    quotes); comma-separated ones with CSV quoting (ROCOv2 captions contain commas).
+    """
+    import csv
+    import io
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    rows: list[tuple[int, list[str]]] = []
+    width = len(header) if header else width
+    try:
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            cells = [cell.strip() for cell in row]
+            if header is not None and not rows and line == 1:
+                if cells != header:
+                    raise DataError(f"{path}:1: expected the header {delimiter.join(header)!r}, found {delimiter.join(cells)!r}")
+                continue
+            if width is not None and len(cells) != width:
+                problems("malformed row", f"{path}:{line}: expected {width} fields, found {len(cells)}")
+                continue
+            rows.append((line, cells))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: {e}") from None
+    return rows

@@ -1,0 +1,69 @@
+"""Records -> samples (image arrays + texts) for ``paddle.io.DataLoader``.
+
+How a study's several views reach the model is ``Data.views``:
+
+* ``first``: the first listed view only (IU X-RAY: the frontal image); ``image`` is [3, H, W].
+* ``all``: every view, stacked; ``image`` is [V, 3, H, W]. The model runs each view through the
+  vision encoder and Q-Former and concatenates their query outputs (V x 32 query tokens reach
+  the LLM). All records must have the same number of views (fixed shapes).
+
+An image that fails to decode mid-epoch is a :class:`DataError` naming the file and the record
+ID; with ``Data.on_error: skip`` the record is replaced by the next decodable one, and each skip
+is reported with its running count in that worker.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import paddle
+
+from ..config import DataConfig
+from .image import build_transform, load_image
+from .record import DataError, Record
+
+VIEWS = ("first", "all")
+
+
+class RecordDataset(paddle.io.Dataset):
+    """One sample per record: ``{"index", "image", "prompt", "target", **extras}`` (``index``: the record's position)."""
+
+    def __init__(self, records: list[Record], cfg: DataConfig, train: bool, seed: int | None = None) -> None:
+        if cfg.views not in VIEWS:
+            raise DataError(f"Data.views must be one of {', '.join(VIEWS)}, got {cfg.views!r}")
+        if cfg.views == "all":
+            counts = {len(r.images) for r in records}
+            if len(counts) > 1:
+                odd = next(r for r in records if len(r.images) != len(records[0].images))
+                raise DataError(
+                    f"Data.views=all needs the same number of views per study: {records[0].id} has "
+                    f"{len(records[0].images)}, {odd.id} has {len(odd.images)}; use Data.views=first"
+                )
+        self.records = records
+        self.views = cfg.views
+        self.on_error = cfg.on_error
+        self.transform = build_transform(cfg.image_size, train, tuple(cfg.crop_scale), cfg.hflip, seed)
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _images(self, record: Record) -> np.ndarray:
+        paths = record.images[:1] if self.views == "first" else record.images
+        arrays = [self.transform(load_image(p, min_size=self.transform.min_decode_size)) for p in paths]
+        return arrays[0] if self.views == "first" else np.stack(arrays)
+
+    def __getitem__(self, index: int) -> dict:
+        for step in range(len(self.records)):
+            position = (index + step) % len(self.records)  # with skips, the record actually returned
+            record = self.records[position]
+            try:
+                image = self._images(record)
+            except DataError as e:
+                if self.on_error != "skip":
+                    raise DataError(f"{e} (record {record.id})") from None
+                self.skipped += 1
+                print(f"[paddle_medvl] skipped record {record.id} ({self.skipped} so far here): {e}", file=sys.stderr, flush=True)
+                continue
+            return {"index": position, "image": image, "prompt": record.prompt, "target": record.target, **record.extras}
+        raise DataError("no image of this data set could be decoded")

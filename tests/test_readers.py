@@ -1,0 +1,275 @@
+"""Each data-set format read from a tiny fixture laid out like the real release, and every bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from paddle_medvl.config import DataConfig
+from paddle_medvl.data import DataError, load_records
+from paddle_medvl.data.medvqa import split_images
+from paddle_medvl.data.r2gen import clean_report
+
+P23 = "ImageCLEFmedical_Caption_2023_"
+
+
+def image(path: Path, ext: str = "jpg") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (8, 8), 128).save(path)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- ImageCLEF 2023 / ROCOv2
+
+
+def caption2023(root: Path, captions: str, concepts: str | None = None, ids=("A_1", "A_2")) -> Path:
+    write(root / f"{P23}caption_prediction_valid_labels.csv", captions)
+    if concepts is not None:
+        write(root / f"{P23}concept_detection_valid_labels.csv", concepts)
+    write(root / f"{P23}cui_mapping.csv", "C0040405\tX-Ray Computed Tomography\nC0817096\tChest\n")
+    for i in ids:
+        image(root / "valid" / f"{i}.jpg")
+    return root
+
+
+def caption_cfg(root: Path, **kw) -> DataConfig:
+    return DataConfig(format="imageclef_caption", root=str(root), **kw)
+
+
+def test_caption2023_with_concept_sentences(tmp_path, capsys):
+    root = caption2023(
+        tmp_path,
+        'ID\tcaption\nA_1\tCT of the "chest", axial view.\nA_2\tT2-weighted MRI\n',
+        "ID\tcuis\nA_1\tC0040405;C0817096\nA_2\tC0817096;C9999999\n",
+    )
+    records = load_records(caption_cfg(root, prompt="a photo of"), "valid")
+    assert [r.id for r in records] == ["A_1", "A_2"]
+    a, b = records
+    assert a.target == 'CT of the "chest", axial view.'  # bare quotes are data, not CSV quoting
+    assert a.prompt == "a photo of"
+    assert a.images == [str((root / "valid" / "A_1.jpg").resolve())] or Path(a.images[0]).samefile(root / "valid" / "A_1.jpg")
+    assert a.extras["cuis"] == ["C0040405", "C0817096"]
+    assert a.extras["concept_sentence"] == "The image shows X-Ray Computed Tomography, Chest."
+    assert b.extras["concept_sentence"] == "The image shows Chest."  # unknown CUI left out ...
+    assert "1 CUIs (1 uses)" in capsys.readouterr().out  # ... and counted
+
+
+def test_caption2023_without_concepts_is_the_test_split_layout(tmp_path):
+    root = caption2023(tmp_path, "ID\tcaption\nA_1\tx\n", ids=("A_1",))
+    (record,) = load_records(caption_cfg(root), "valid")
+    assert record.extras == {"cuis": [], "concept_sentence": ""}
+
+
+def test_rocov2(tmp_path):
+    write(tmp_path / "train_captions.csv", 'ID,Caption\nR_1,"Head CT, showing a mass."\nR_2,Chest X-ray\n')
+    write(tmp_path / "train_concepts.csv", "ID,CUIs\nR_1,C1;C2\nR_2,C2\n")
+    write(tmp_path / "cui_mapping.csv", "CUI,Canonical name\nC1,Head\nC2,Mass\n")
+    for i in ("R_1", "R_2"):
+        image(tmp_path / "train" / f"{i}.jpg")
+    records = load_records(DataConfig(format="rocov2", root=str(tmp_path)), "train")
+    assert records[0].target == "Head CT, showing a mass."
+    assert records[0].extras["concept_sentence"] == "The image shows Head, Mass."
+    assert records[1].extras["concept_sentence"] == "The image shows Mass."
+
+
+# ---------------------------------------------------------------- MEDVQA-GI 2023
+
+
+def medvqa(root: Path, n_images: int = 20) -> Path:
+    entries = []
+    for i in range(n_images):
+        image_id = f"cl8k2u1r{i:03d}"
+        image(root / "images" / f"{image_id}.jpg")
+        entries.append({
+            "ImageID": image_id,
+            "Labels": [
+                {"Question": "Where in the image is the abnormality?", "AnswerType": "Text", "Answer": ["Lower-rigth", "Center"]},
+                {"Question": "Is there a green/black box artefact?", "AnswerType": "Yes/No", "Answer": ["No"]},
+                {"Question": "How many instrumnets are in the image?", "AnswerType": "Number", "Answer": ["0"]},
+                {"Question": "Where in the image is the polyp?", "AnswerType": "segmentation", "Answer": [[1, 2, 3]]},
+            ],
+        })
+    write(root / "gt.json", json.dumps(entries, indent=1))
+    return root
+
+
+def test_medvqa_records_typos_and_segmentation(tmp_path, capsys):
+    root = medvqa(tmp_path, 2)
+    records = load_records(DataConfig(format="medvqa_gi", root=str(root)), "all")
+    assert len(records) == 6  # 2 images x 3 text questions; segmentation skipped ...
+    assert "skipped 2 segmentation labels" in capsys.readouterr().out  # ... and counted
+    first = records[0]
+    assert first.id == "cl8k2u1r000#0" and first.prompt == "Where in the image is the abnormality?"
+    assert first.target == "Center; Lower-rigth"  # sorted, official typo kept
+    assert first.extras["answers"] == ["Lower-rigth", "Center"]
+    assert records[2].prompt == "How many instrumnets are in the image?"
+    tmpl = load_records(DataConfig(format="medvqa_gi", root=str(root), prompt="Question: {question} Answer:"), "all")
+    assert tmpl[1].prompt == "Question: Is there a green/black box artefact? Answer:"
+
+
+def test_medvqa_split_is_image_level_and_deterministic(tmp_path):
+    root = medvqa(tmp_path, 40)
+    cfg = DataConfig(format="medvqa_gi", root=str(root), val_fraction=0.1, split_seed=7)
+    train, valid = load_records(cfg, "train"), load_records(cfg, "valid")
+    train_images = {r.extras["image_id"] for r in train}
+    valid_images = {r.extras["image_id"] for r in valid}
+    assert len(valid_images) == 4 and len(train_images) == 36 and not train_images & valid_images
+    assert [r.id for r in load_records(cfg, "valid")] == [r.id for r in valid]
+    # independent of the order of gt.json, and the seed matters
+    ids = sorted(train_images | valid_images)
+    assert split_images(ids[::-1], 0.1, 7) == valid_images
+    assert split_images(ids, 0.1, 8) != valid_images
+
+
+# ---------------------------------------------------------------- IU X-RAY / MIMIC-CXR
+
+
+def iu(root: Path) -> Path:
+    ann = {"train": [
+        {"id": "CXR2384_IM-0942", "report": "The heart is normal in size. 2. No effusion..", "image_path": ["CXR2384_IM-0942/0.png", "CXR2384_IM-0942/1.png"], "split": "train"},
+        {"id": "CXR7_IM-0001", "report": "Lungs are clear.", "image_path": ["CXR7_IM-0001/0.png", "CXR7_IM-0001/1.png"], "split": "train"},
+    ], "val": [], "test": []}
+    write(root / "annotation.json", json.dumps(ann))
+    for entry in ann["train"]:
+        for p in entry["image_path"]:
+            image(root / "images" / p)
+    write(root / "indiana_reports.csv",
+          "uid,MeSH,Problems,image,indication,comparison,findings,impression\n"
+          '2384,normal,Cardiomegaly;Opacity,"Chest, 2 views, frontal and lateral",Pruritic,None.,"Heart, big.",Clear.\n')
+    return root
+
+
+def test_iu_xray_two_views_prior_and_cleaning(tmp_path, capsys):
+    root = iu(tmp_path)
+    records = load_records(DataConfig(format="iu_xray", root=str(root), reports_csv="indiana_reports.csv"), "train")
+    a, b = records
+    assert len(a.images) == 2 and a.images[1].endswith("CXR2384_IM-0942/1.png")
+    assert a.prompt == "Problems: Cardiomegaly, Opacity \n Image: Chest, 2 views, frontal and lateral \n Indication: Pruritic \n"
+    assert a.target == "the heart is normal in size . no effusion ."
+    assert b.prompt == ""  # no row for uid 7: empty prior, counted
+    assert "1 train studies have no row" in capsys.readouterr().out
+    raw = load_records(DataConfig(format="iu_xray", root=str(root), clean_reports=False), "train")
+    assert raw[0].target == "The heart is normal in size. 2. No effusion.." and raw[0].prompt == ""
+
+
+def test_r2gen_cleaning_matches_r2gen():
+    assert clean_report("1. The heart is normal. 2. No pleural effusion (left)...", "iu_xray") == \
+        "the heart is normal . no pleural effusion left ."
+    assert clean_report("FINDINGS:\n\nHeart size is normal.  No  acute  process__ seen.", "mimic_cxr") == \
+        "findings heart size is normal . no acute process seen ."
+    assert clean_report("a <b> = c @ d", "iu_xray") == "a b  c  d ."  # R2Gen's ":-[" range removes < = > @
+
+
+def mimic(root: Path, labels: str, encoding_rows=None) -> Path:
+    ann = {"test": [
+        {"id": "d1", "study_id": 50414267, "subject_id": 10000032, "report": "No acute process.",
+         "image_path": ["p10/p10000032/s50414267/d1.jpg"], "split": "test"},
+    ]}
+    write(root / "annotation.json", json.dumps(ann))
+    image(root / "images" / "p10/p10000032/s50414267/d1.jpg")
+    write(root / "labels.csv", labels)
+    return root
+
+
+HEADER = "study_id,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices,No Finding\n"
+
+
+def test_mimic_prior_from_chexbert_labels(tmp_path):
+    root = mimic(tmp_path, HEADER + "50414267,0,1,0,0,2,2,0,1,3,0,0,0,0,0\n")
+    (record,) = load_records(DataConfig(format="mimic_cxr", root=str(root), labels_csv="labels.csv", val_split="test"), "test")
+    assert record.prompt == "Symptoms of existence: Cardiomegaly, Atelectasis \n Symptoms of non-existence: Edema, Consolidation \n"
+    root2 = mimic(tmp_path / "b", HEADER + "50414267.0,,1.0,,,0.0,0.0,,1.0,-1.0,,,,,\n")
+    cfg = DataConfig(format="mimic_cxr", root=str(root2), labels_csv="labels.csv", labels_encoding="chexbert_csv")
+    assert load_records(cfg, "test")[0].prompt == record.prompt
+    with pytest.raises(DataError, match=r"labels\.csv:2: Edema = '0\.0' is not a class_index label value|labels\.csv:2: .* is not a class_index"):
+        load_records(DataConfig(format="mimic_cxr", root=str(root2), labels_csv="labels.csv"), "test")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "captions, message, kind, kept",
+    [
+        ("ID\tcaption\nA_1\tok\nA_1\tagain\n", r"valid_labels\.csv:3: duplicate ID 'A_1' \(first on line 2\)", "duplicate ID", "A_1"),
+        ("ID\tcaption\nA_1\t\nA_2\tok\n", r"valid_labels\.csv:2: empty caption for ID 'A_1'", "empty caption", "A_2"),
+        ("ID\tcaption\nA_1\tok\textra\nA_2\tok\n", r"valid_labels\.csv:2: expected 2 fields, found 3", "malformed row", "A_2"),
+        ("ID\tcaption\nA_9\tok\nA_2\tok\n", r"valid_labels\.csv:2: no image for ID 'A_9'", "missing image", "A_2"),
+        ("ID\tcaption\n../../etc/A_1\tok\nA_2\tok\n", r"valid_labels\.csv:2: ID '\.\./\.\./etc/A_1': the ID is not a plain file name", "path outside the data root", "A_2"),
+        ("ID\tcaption\n/etc/A_1\tok\nA_2\tok\n", r"valid_labels\.csv:2: ID '/etc/A_1'", "path outside the data root", "A_2"),
+    ],
+)
+def test_bad_caption_rows_raise_or_skip(tmp_path, capsys, captions, message, kind, kept):
+    root = caption2023(tmp_path, captions)
+    with pytest.raises(DataError, match=message):
+        load_records(caption_cfg(root), "valid")
+    records = load_records(caption_cfg(root, on_error="skip"), "valid")
+    assert [r.id for r in records] == [kept]
+    out = capsys.readouterr().out
+    assert f"skipped 1 bad records: 1 x {kind}" in out
+
+
+def test_wrong_header_is_an_error_naming_the_line(tmp_path):
+    root = caption2023(tmp_path, "id,caption\nA_1\tok\n")
+    with pytest.raises(DataError, match=r"valid_labels\.csv:1: expected the header 'ID\\tcaption'"):
+        load_records(caption_cfg(root, on_error="skip"), "valid")
+
+
+def test_malformed_json_names_line_and_column(tmp_path):
+    write(tmp_path / "gt.json", '[{"ImageID": "x",\n  "Labels": [}]')
+    with pytest.raises(DataError, match=r"gt\.json:2:14: malformed JSON"):
+        load_records(DataConfig(format="medvqa_gi", root=str(tmp_path)), "all")
+    write(tmp_path / "annotation.json", "{")
+    with pytest.raises(DataError, match=r"annotation\.json:1:2: malformed JSON"):
+        load_records(DataConfig(format="iu_xray", root=str(tmp_path)), "train")
+
+
+def test_r2gen_path_escaping_the_root(tmp_path):
+    root = iu(tmp_path)
+    ann = json.loads((root / "annotation.json").read_text())
+    ann["train"][0]["image_path"] = ["../../../etc/passwd"]
+    ann["train"][1]["image_path"] = ["/etc/passwd"]
+    write(root / "annotation.json", json.dumps(ann))
+    with pytest.raises(DataError, match=r"annotation\.json: train id 'CXR2384_IM-0942': image path '\.\./\.\./\.\./etc/passwd' escapes"):
+        load_records(DataConfig(format="iu_xray", root=str(root)), "train")
+    with pytest.raises(DataError, match=r"no usable 'train' records"):
+        load_records(DataConfig(format="iu_xray", root=str(root), on_error="skip"), "train")
+
+
+def test_medvqa_bad_entries_are_named(tmp_path, capsys):
+    root = medvqa(tmp_path, 3)
+    entries = json.loads((root / "gt.json").read_text())
+    entries[1]["Labels"][0]["Answer"] = []
+    entries.append(dict(entries[0]))
+    entries.append({"ImageID": "nope", "Labels": []})
+    write(root / "gt.json", json.dumps(entries))
+    with pytest.raises(DataError, match=r"ImageID 'cl8k2u1r001', label 0: empty answer"):
+        load_records(DataConfig(format="medvqa_gi", root=str(root)), "all")
+    records = load_records(DataConfig(format="medvqa_gi", root=str(root), on_error="skip"), "all")
+    assert len(records) == 8
+    out = capsys.readouterr().out
+    assert "skipped 3 bad records" in out and "duplicate ID" in out and "missing image" in out
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(DataError, match="Data.format 'coco' is not a known format"):
+        load_records(DataConfig(format="coco", root=str(tmp_path)), "train")
+    with pytest.raises(DataError, match="Data.root '.*nowhere' is not a folder"):
+        load_records(DataConfig(format="rocov2", root=str(tmp_path / "nowhere")), "train")
+    root = medvqa(tmp_path, 1)
+    with pytest.raises(DataError, match=r"uses \{prior\}, which this data set does not provide"):
+        load_records(DataConfig(format="medvqa_gi", root=str(root), prompt="{prior}"), "all")
+    with pytest.raises(DataError, match="MEDVQA-GI has the splits train, valid, all"):
+        load_records(DataConfig(format="medvqa_gi", root=str(root)), "test")
+    with pytest.raises(DataError, match="no split 'valid' \\(found: test, train, val\\)"):
+        write(tmp_path / "r" / "annotation.json", '{"train": [], "val": [], "test": []}')
+        load_records(DataConfig(format="iu_xray", root=str(tmp_path / "r")), "valid")
+    with pytest.raises(DataError, match="Data.on_error must be 'raise' or 'skip'"):
+        load_records(DataConfig(format="medvqa_gi", root=str(root), on_error="ignore"), "all")
