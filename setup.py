@@ -25,9 +25,9 @@ setup(
         "pycocoevalcap",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "pydicom>=3"],
         # Only for regenerating the parity fixtures; never needed to run the tests.
         "parity": ["torch==2.13.0", "transformers"],
-        "dicom": ["pydicom"],
+        "dicom": ["pydicom>=3"],
     },
 )

@@ -50,7 +50,7 @@ class RecordDataset(paddle.io.Dataset):
 
     def _images(self, record: Record) -> np.ndarray:
         paths = record.images[:1] if self.views == "first" else record.images
-        arrays = [self.transform(load_image(p, min_size=self.transform.min_decode_size)) for p in paths]
+        arrays = [self.transform(load_image(p, min_size=self.transform.min_decode_size, keep_gray=True)) for p in paths]
         return arrays[0] if self.views == "first" else np.stack(arrays)
 
     def __getitem__(self, index: int) -> dict:
