@@ -65,7 +65,8 @@ def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
     return Path(xdg) / "paddle_medvl" / "plugins"
 
 
-def check_device_type(device_type: str) -> str:
+def _check_device_type(device_type: str) -> None:
+    """Reject names Paddle cannot use as a custom device type (or that would clash with its own)."""
     if not _DEVICE_TYPE.match(device_type):
         raise ValueError(
             f"device type {device_type!r} must match {_DEVICE_TYPE.pattern} "
@@ -73,7 +74,6 @@ def check_device_type(device_type: str) -> str:
         )
     if device_type in ("cpu", "gpu", "xpu", "ipu"):
         raise ValueError(f"device type {device_type!r} is a built-in Paddle place; pick another name")
-    return device_type
 
 
 def build_plugin(
@@ -86,7 +86,7 @@ def build_plugin(
     The directory holds only ``lib<type>.so`` because Paddle loads every ``.so`` in
     ``CUSTOM_DEVICE_ROOT``. The compiler is ``compiler``, else ``$CXX``, else ``g++``.
     """
-    check_device_type(device_type)
+    _check_device_type(device_type)
     cxx = compiler or os.environ.get("CXX") or "g++"
     root = paddle_dir()
     include = root / "include"

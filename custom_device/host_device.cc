@@ -30,12 +30,12 @@
 #include <cerrno>
 #include <cmath>
 #include <complex>
-#include <new>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
@@ -67,8 +67,8 @@ void Log(const char* fmt, ...) {
   va_end(args);
 }
 
-// An integer from the environment; the default (with a warning) when unset or
-// out of range, so a typo cannot silently become a different setting.
+// An integer from the environment: the default when unset, and the default
+// plus a warning when malformed or out of range, so a typo is never silent.
 long long EnvInt(const char* name, long long fallback, long long lo,
                  long long hi) {
   const char* text = std::getenv(name);
@@ -365,57 +365,59 @@ void ReduceTyped(const std::vector<const char*>& srcs, char* dst_bytes,
   }
 }
 
-// False for element types a reduction is not defined on here (bool, complex).
-bool Reduce(C_DataType dtype, const std::vector<const char*>& srcs, char* dst,
-            size_t n, C_CCLReduceOp op) {
-  switch (dtype) {
-    case INT8:
-      ReduceTyped<int8_t>(srcs, dst, n, op);
-      return true;
-    case INT16:
-      ReduceTyped<int16_t>(srcs, dst, n, op);
-      return true;
-    case INT32:
-      ReduceTyped<int32_t>(srcs, dst, n, op);
-      return true;
-    case INT64:
-      ReduceTyped<int64_t>(srcs, dst, n, op);
-      return true;
-    case UINT8:
-      ReduceTyped<uint8_t>(srcs, dst, n, op);
-      return true;
-    case UINT16:
-      ReduceTyped<uint16_t>(srcs, dst, n, op);
-      return true;
-    case UINT32:
-      ReduceTyped<uint32_t>(srcs, dst, n, op);
-      return true;
-    case UINT64:
-      ReduceTyped<uint64_t>(srcs, dst, n, op);
-      return true;
-    case FLOAT16:
-      ReduceTyped<Half>(srcs, dst, n, op);
-      return true;
-    case BFLOAT16:
-      ReduceTyped<BFloat16>(srcs, dst, n, op);
-      return true;
-    case FLOAT32:
-      ReduceTyped<float>(srcs, dst, n, op);
-      return true;
-    case FLOAT64:
-      ReduceTyped<double>(srcs, dst, n, op);
-      return true;
-    default:
-      return false;
-  }
-}
-
 bool Reducible(C_DataType dtype) {
   return DtypeSize(dtype) != 0 && dtype != BOOL && dtype != COMPLEX64 &&
          dtype != COMPLEX128;
 }
 
-// Paddle accumulates gradients on custom devices with y = alpha * x + beta * y.
+// For the types Reducible() accepts; callers check first.
+void Reduce(C_DataType dtype, const std::vector<const char*>& srcs, char* dst,
+            size_t n, C_CCLReduceOp op) {
+  switch (dtype) {
+    case INT8:
+      ReduceTyped<int8_t>(srcs, dst, n, op);
+      break;
+    case INT16:
+      ReduceTyped<int16_t>(srcs, dst, n, op);
+      break;
+    case INT32:
+      ReduceTyped<int32_t>(srcs, dst, n, op);
+      break;
+    case INT64:
+      ReduceTyped<int64_t>(srcs, dst, n, op);
+      break;
+    case UINT8:
+      ReduceTyped<uint8_t>(srcs, dst, n, op);
+      break;
+    case UINT16:
+      ReduceTyped<uint16_t>(srcs, dst, n, op);
+      break;
+    case UINT32:
+      ReduceTyped<uint32_t>(srcs, dst, n, op);
+      break;
+    case UINT64:
+      ReduceTyped<uint64_t>(srcs, dst, n, op);
+      break;
+    case FLOAT16:
+      ReduceTyped<Half>(srcs, dst, n, op);
+      break;
+    case BFLOAT16:
+      ReduceTyped<BFloat16>(srcs, dst, n, op);
+      break;
+    case FLOAT32:
+      ReduceTyped<float>(srcs, dst, n, op);
+      break;
+    case FLOAT64:
+      ReduceTyped<double>(srcs, dst, n, op);
+      break;
+    default:
+      break;
+  }
+}
+
+// Paddle's imperative gradient accumulator (imperative::TensorAdd) adds on
+// custom places with y = alpha * x + beta * y (3.3's eager mode uses the add
+// kernel instead).
 template <typename T>
 void Axpby(size_t n, float alpha, const void* x, float beta, void* y) {
   const T* xs = static_cast<const T*>(x);

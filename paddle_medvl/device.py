@@ -223,7 +223,8 @@ def resolve_device(
     name = probe.device_name(place)
     presets = dict(CUSTOM_PRESETS)
     presets.setdefault("PADDLE_XCCL_BACKEND", dtype)
-    amp_dtypes: tuple[str, ...] = ("float16", "bfloat16") if new_paddle else ("float16",)
+    # Paddle (3.3.1) allows bf16 AMP only on custom types it knows by name (npu among them).
+    amp_dtypes: tuple[str, ...] = ("float16",)
     amp: str | None = None
     if dtype == "npu":
         presets = dict(NPU_PRESETS)

@@ -156,6 +156,8 @@ def test_amp_dtypes_per_chip():
     v = resolve_device("gpu", environ={}, probe=V100)
     with pytest.raises(DeviceError, match="allowed: float16"):
         v.check_amp_dtype("bfloat16")
+    plugin = resolve_device("medvl_cpu", environ={}, probe=PLUGIN)
+    assert plugin.amp_dtypes == ("float16",) and plugin.check_amp_dtype("auto") is None
     cpu = resolve_device("cpu", environ={}, probe=CPU_BUILD)
     assert cpu.check_amp_dtype("auto") is None and cpu.check_amp_dtype("float32") is None
     with pytest.raises(DeviceError, match=r"allowed: none \(fp32 only\)"):

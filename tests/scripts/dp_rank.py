@@ -50,9 +50,12 @@ def collectives(rank: int, world: int) -> dict[str, np.ndarray]:
     n = 3001  # odd, and larger than the small staging chunk the test configures
     base = np.arange(n, dtype=np.float32)
 
+    # The mean the way DataParallel takes it. (ReduceOp.AVG cannot be used here: on a
+    # CPU-only wheel dist.all_reduce(op=AVG) fails on paddle.base.core.nccl_version, and
+    # ProcessGroupCustom rejects AVG; tests/scripts/xccl_driver.cc covers the plugin's AVG.)
     t = paddle.to_tensor(base * (rank + 1))
-    dist.stream.all_reduce(t, op=ReduceOp.AVG)  # the stream API passes AVG to the plugin
-    out["avg_f32"] = t.numpy()
+    dist.all_reduce(t)
+    out["mean_f32"] = (t / world).numpy()
     for dtype in ("float64", "float16", "bfloat16", "int32", "int64"):
         for name, op in (("sum", ReduceOp.SUM), ("max", ReduceOp.MAX), ("min", ReduceOp.MIN), ("prod", ReduceOp.PROD)):
             values = (np.arange(64) % 7 + rank + 1).astype(np.float32)
