@@ -56,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for line in versions():
         print(line)
-    print(device.describe())
     try:
         from paddle_medvl.selftest import tiny_transformer_losses
 
