@@ -201,7 +201,7 @@ def test_mimic_prior_from_chexbert_labels(tmp_path):
         ("ID\tcaption\nA_1\tok\nA_1\tagain\n", r"valid_labels\.csv:3: duplicate ID 'A_1' \(first on line 2\)", "duplicate ID", "A_1"),
         ("ID\tcaption\nA_1\t\nA_2\tok\n", r"valid_labels\.csv:2: empty caption for ID 'A_1'", "empty caption", "A_2"),
         ("ID\tcaption\nA_1\tok\textra\nA_2\tok\n", r"valid_labels\.csv:2: expected 2 fields, found 3", "malformed row", "A_2"),
-        ("ID\tcaption\nA_9\tok\nA_2\tok\n", r"valid_labels\.csv:2: no image for ID 'A_9'", "missing image", "A_2"),
+        ("ID\tcaption\nA_9\tok\nA_2\tok\n", r"valid_labels\.csv:2: ID 'A_9': no image for this ID", "missing image", "A_2"),
         ("ID\tcaption\n../../etc/A_1\tok\nA_2\tok\n", r"valid_labels\.csv:2: ID '\.\./\.\./etc/A_1': the ID is not a plain file name", "path outside the data root", "A_2"),
         ("ID\tcaption\n/etc/A_1\tok\nA_2\tok\n", r"valid_labels\.csv:2: ID '/etc/A_1'", "path outside the data root", "A_2"),
     ],

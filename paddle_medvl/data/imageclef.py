@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .record import DataError, Problems, Record, image_file, read_rows
+from .record import DataError, Problems, Record, image_for_id, read_rows
 
 
 @dataclass(frozen=True)
@@ -101,13 +101,8 @@ def read_captions(layout: CaptionLayout, root: Path, split: str, image_dir: str,
         if not caption:
             problems("empty caption", f"{where}: empty caption for ID {image_id!r}")
             continue
-        try:
-            path = image_file(images, image_id, ".jpg", f"{where}: ID {image_id!r}")
-        except DataError as e:
-            problems("path outside the data root", str(e))
-            continue
-        if not path.is_file():
-            problems("missing image", f"{where}: no image for ID {image_id!r} (expected {path})")
+        path = image_for_id(images, image_id, ".jpg", f"{where}: ID {image_id!r}", problems)
+        if path is None:
             continue
         cuis = concepts.get(image_id, [])
         known = [names[c] for c in cuis if c in names]

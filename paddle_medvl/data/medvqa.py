@@ -12,13 +12,12 @@ here, by image (no image in both splits) and by seed.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from .record import DataError, Problems, Record, image_file
+from .record import DataError, Problems, Record, image_for_id, read_json
 
 ANSWER_SEPARATOR = "; "  # several answers to one question, sorted, joined into one target text
 SPLITS = ("train", "valid", "all")
@@ -38,12 +37,7 @@ def split_images(image_ids: list[str], val_fraction: float, seed: int) -> set[st
 
 
 def load_gt(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+    data = read_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of images, found {type(data).__name__}")
     return data
@@ -69,13 +63,8 @@ def read_medvqa(
         if image_id in by_image:
             problems("duplicate ID", f"{where}: duplicate ImageID (entry {index})")
             continue
-        try:
-            path = image_file(images, image_id, ".jpg", where)
-        except DataError as e:
-            problems("path outside the data root", str(e))
-            continue
-        if not path.is_file():
-            problems("missing image", f"{where}: no image (expected {path})")
+        path = image_for_id(images, image_id, ".jpg", where, problems)
+        if path is None:
             continue
         records = []
         for k, label in enumerate(entry["Labels"]):

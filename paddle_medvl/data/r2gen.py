@@ -16,11 +16,10 @@ Prior information (ClinicalBLIP), each record's ``extras["prior"]``:
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from .record import DataError, Problems, Record, read_rows, resolve_under
+from .record import DataError, Problems, Record, read_json, read_rows, resolve_under
 
 CHEXBERT_LABELS = (
     "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
@@ -73,12 +72,7 @@ def clean_report(report: str, dataset: str) -> str:
 
 
 def load_annotation(path: Path, split: str) -> list:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or split not in data or not isinstance(data[split], list):
         found = ", ".join(sorted(data)) if isinstance(data, dict) else type(data).__name__
         raise DataError(f"{path}: no split {split!r} (found: {found}); set Data.train_split / Data.val_split")

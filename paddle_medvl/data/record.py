@@ -67,11 +67,33 @@ def resolve_under(root: str | Path, relative: str, where: str) -> Path:
     return path
 
 
-def image_file(folder: Path, image_id: str, suffix: str, where: str) -> Path:
-    """The image an ID names; an ID is a plain file name, so it cannot lead out of ``folder``."""
+def image_for_id(folder: Path, image_id: str, suffix: str, where: str, problems: Problems) -> Path | None:
+    """The image an ID names, or None once the problem is reported.
+
+    An ID is a plain file name, so it cannot lead out of ``folder``; its image must exist.
+    """
     if not image_id or image_id in (".", "..") or Path(image_id).name != image_id or "\\" in image_id:
-        raise DataError(f"{where}: the ID is not a plain file name and would leave the data root")
-    return folder / f"{image_id}{suffix}"
+        problems("path outside the data root", f"{where}: the ID is not a plain file name and would leave the data root")
+        return None
+    path = folder / f"{image_id}{suffix}"
+    if not path.is_file():
+        problems("missing image", f"{where}: no image for this ID (expected {path})")
+        return None
+    return path
+
+
+def read_json(path: Path):
+    """A JSON file's content; a syntax error names the file, line and column."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
 
 
 def read_rows(
