@@ -60,11 +60,84 @@ class DataConfig:
 
 
 @dataclass
+class VisionConfig:
+    """EVA ViT. Defaults: ViT-g/14 as BLIP-2 uses it (39 blocks; EVA-CLIP-g's last one dropped)."""
+
+    image_size: int = 224  # the size the position embeddings are for; other sizes interpolate (bicubic)
+    patch_size: int = 14
+    hidden_size: int = 1408
+    num_layers: int = 39
+    num_heads: int = 16
+    mlp_dim: int = 6144
+    layer_norm_eps: float = 1e-6
+    recompute: bool = False  # recompute each block in backward (use_reentrant=False)
+
+
+@dataclass
+class QFormerConfig:
+    """The BERT-base Q-Former of BLIP-2 / InstructBLIP."""
+
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    num_query_tokens: int = 32
+    cross_attention_frequency: int = 2  # cross-attention to the image in every N-th layer
+    layer_norm_eps: float = 1e-12
+    vocab_size: int = 30523  # BERT's + [DEC]
+    max_position_embeddings: int = 512
+    pad_token_id: int = 0
+    text: bool = True  # text embeddings + LM head: image-grounded text generation (paper 000's concept loss)
+    instruction: bool = False  # InstructBLIP: the instruction text also enters the Q-Former
+    recompute: bool = False
+
+
+@dataclass
+class LanguageConfig:
+    """The frozen LLM, from paddlenlp."""
+
+    architecture: str = "opt"  # opt (t5, chatglm in later issues)
+    path: str = ""  # a local folder with the LLM's paddlenlp config.json (weights come from the checkpoint)
+    config: dict = field(default_factory=dict)  # architecture settings for a new random LLM (tests, demo)
+    dtype: str = "float32"  # float32 | float16 | bfloat16: the frozen LLM may be held in half precision
+    # how this LLM wants its text (data/collate.py TextFormat)
+    add_bos: bool = True
+    eos_text: str = "\n"
+    eos_token: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """A BLIP-2-style model: vision encoder -> Q-Former -> projection -> frozen LLM."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    pretrained: str = ""  # a converted checkpoint folder (tools/convert_hf.py) to start from
+    caption_loss_weight: float = 1.0
+    concept_loss_weight: float = 0.0  # paper 000 stage 1: 1.0; stage 2: 0.0
+
+
+@dataclass
+class DecodeConfig:
+    """Generation settings; LAVIS's caption defaults are beams 5, max 30, min 8."""
+
+    num_beams: int = 5
+    max_new_tokens: int = 30
+    min_new_tokens: int = 8
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    length_penalty: float = 1.0
+
+
+@dataclass
 class Config:
     """The whole experiment. Sections are added by the issues that need them."""
 
     Global: GlobalConfig = field(default_factory=GlobalConfig)
     Data: DataConfig = field(default_factory=DataConfig)
+    Model: ModelConfig = field(default_factory=ModelConfig)
+    Decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -152,14 +225,14 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin in (list, tuple):
+    if origin in (list, tuple) or tp in (list, tuple):
         if from_text and isinstance(value, str):
             value = yaml.safe_load(value)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item = args[0] if args else Any
         return [_coerce(v, item, f"{where}[{i}]", False) for i, v in enumerate(value)]
-    if origin is dict:
+    if origin is dict or tp is dict:
         if from_text and isinstance(value, str):
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
