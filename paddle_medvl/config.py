@@ -87,6 +87,9 @@ class QFormerConfig:
     vocab_size: int = 30523  # BERT's + [DEC]
     max_position_embeddings: int = 512
     pad_token_id: int = 0
+    dec_token_id: int = 30522  # [DEC]: replaces [CLS] as the first token of the text decoder's input (LAVIS)
+    dropout: float = 0.1  # hidden and attention-probability dropout while training (BERT's, kept by LAVIS)
+    label_smoothing: float = 0.1  # of the Q-Former text (concept) loss; LAVIS's BertLMHeadModel uses 0.1
     text: bool = True  # text embeddings + LM head: image-grounded text generation (paper 000's concept loss)
     instruction: bool = False  # InstructBLIP: the instruction text also enters the Q-Former
     recompute: bool = False
