@@ -1,0 +1,133 @@
+"""The one place for defects in the libraries we build on: each fix names its defect and when it can go.
+
+Fixes (call them explicitly; nothing here patches anything at import):
+
+1. ``fix_frozen_layer_norms(layer)`` -- Paddle's ``layer_norm`` backward ignores a frozen weight.
+2. ``fix_beam_search_inputs_embeds(model)`` -- paddlenlp beam search with ``inputs_embeds`` crashes.
+
+Each has a test in ``tests/test_workarounds.py`` that asserts the defect is still there on the
+unpatched library: when an upgrade fixes one, that test fails and says the workaround can go.
+
+Defects we avoid by design, so no code is needed (kept here so the list is in one place):
+
+- paddlenlp 2.8.1 ``OPTForCausalLM``: ``return_dict`` defaults to False (bare logits; a Trainer step
+  on paddlenlp's BLIP-2 fails), ``__getattr__`` answers ``None`` for unknown attributes (breaks
+  ``paddle.jit.to_static`` and LoRA merging), its loss does not shift labels, and its separate LM head
+  is not tied to the embedding (HF ties it; the head even has the wrong shape when
+  ``word_embed_proj_dim != hidden_size``). ``models/language.py`` uses ``OPTModel`` and ties the
+  head itself, passing ``return_dict=True`` explicitly.
+- paddlenlp 2.8.1 ``OPTModel.forward`` builds its additive attention mask in Paddle's global default
+  dtype, not the model's (its ``finfo`` helper knows no bfloat16), and adds two float minima where
+  padding and causality both block (-inf). ``models/language.py`` builds the mask in the LLM's dtype
+  and runs ``OPTModel``'s embeddings and decoder itself.
+- paddlenlp 2.8.1 ``generate`` with ``inputs_embeds``: a dummy BOS id is put in front of the generated
+  ids, so the repetition penalty and n-gram blocking see it (for OPT, BOS is EOS: the penalty makes
+  stopping harder); beams are scored with the GNMT length penalty ((n + 5) / 6) ** lp with n
+  excluding EOS (HF: n ** lp, EOS included); custom ``logits_processors`` crash (its
+  ``LogitsProcessorList`` is not iterable). ``models/language.py`` decodes with HF's semantics.
+- Paddle's ``CrossEntropyLoss(reduction="mean", ignore_index=...)`` divides by all positions, not the
+  counted ones. ``models/language.py`` divides the summed loss by the number of label tokens.
+- Paddle 3.3.1 on CPU has no float16/bfloat16 kernels for matmul, softmax or layer_norm: an LLM held
+  in half precision runs only on devices that have them.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import paddle
+import paddle.nn.functional as F
+from paddle import Tensor, nn
+
+# ---------------------------------------------------------------------------- 1. layer_norm
+
+
+def layer_norm(
+    x: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None, bias: Tensor | None = None,
+    epsilon: float = 1e-5,
+) -> Tensor:
+    """``F.layer_norm`` whose input gradient is right when ``weight`` is frozen.
+
+    Defect (Paddle 3.3.1, seen on CPU): when the weight has ``stop_gradient=True``, the backward
+    kernel computes the gradient w.r.t. ``x`` as if the weight were all ones (max error ~1.5 on a
+    random [8, 384] case). A frozen LLM therefore sends wrong gradients into the trainable Q-Former.
+    Fix: hand the kernel a view of the weight that asks for a gradient. The view is a new leaf
+    tensor sharing the weight's memory; its gradient (a [D] vector) is dropped with the graph after
+    backward, so the real parameter stays frozen, gets no ``.grad`` and never reaches an optimizer.
+    Cost: the kernel's weight-gradient reduction, one multiply-add per element.
+    Remove when ``tests/test_workarounds.py::test_layer_norm_defect_still_present`` fails.
+    """
+    if weight is not None and weight.stop_gradient and not x.stop_gradient and paddle.in_dynamic_mode():
+        weight = weight.detach()
+        weight.stop_gradient = False
+    return F.layer_norm(x, normalized_shape, weight, bias, epsilon)
+
+
+class FrozenSafeLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` computed with ``workarounds.layer_norm``; same parameters, same names."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return layer_norm(input, self._normalized_shape, self.weight, self.bias, self._epsilon)
+
+
+def fix_frozen_layer_norms(layer: nn.Layer) -> int:
+    """Make every ``nn.LayerNorm`` in ``layer`` give right input gradients when its weight is frozen.
+
+    Call it once on a model after building it (idempotent; the composed model may call it again on
+    everything). It swaps the class of plain ``nn.LayerNorm`` sublayers to ``FrozenSafeLayerNorm``:
+    parameters, names, state dicts and ``isinstance`` checks are unchanged, and the weight's frozen or
+    trainable state is read at each call, so freezing by pattern later is fine. Returns the number of
+    layers fixed by this call. Subclasses of ``nn.LayerNorm`` with their own ``forward`` are left alone
+    and named in a warning: they must call ``workarounds.layer_norm`` themselves.
+    """
+    import warnings
+
+    fixed, foreign = 0, []
+    for name, sub in layer.named_sublayers(include_self=True):
+        if type(sub) is nn.LayerNorm:
+            sub.__class__ = FrozenSafeLayerNorm
+            fixed += 1
+        elif isinstance(sub, nn.LayerNorm) and not isinstance(sub, FrozenSafeLayerNorm):
+            foreign.append(f"{name or '<root>'} ({type(sub).__name__})")
+    if foreign:
+        warnings.warn(
+            "fix_frozen_layer_norms: these LayerNorm subclasses were not fixed; if their weight can be frozen "
+            f"while their input needs a gradient, compute them with workarounds.layer_norm: {', '.join(foreign)}",
+            stacklevel=2,
+        )
+    return fixed
+
+
+# ---------------------------------------------------------------------------- 2. beam search with inputs_embeds
+
+
+def expand_inputs_for_generation(
+    input_ids: Tensor, expand_size: int, attention_mask: Tensor | None = None, **model_kwargs: Any
+) -> tuple[Tensor, dict[str, Any]]:
+    """paddlenlp's ``GenerationMixin.expand_inputs_for_generation`` that also expands ``inputs_embeds``."""
+    from paddlenlp.generation.utils import GenerationMixin
+
+    batch = input_ids.shape[0]
+    input_ids, model_kwargs = GenerationMixin.expand_inputs_for_generation(
+        input_ids, expand_size, attention_mask=attention_mask, **model_kwargs
+    )
+    embeds = model_kwargs.get("inputs_embeds")
+    if embeds is not None and embeds.shape[0] == batch:
+        index = paddle.arange(batch, dtype="int64").repeat_interleave(expand_size)
+        model_kwargs["inputs_embeds"] = paddle.gather(embeds, index)
+    return input_ids, model_kwargs
+
+
+def fix_beam_search_inputs_embeds(model: nn.Layer) -> nn.Layer:
+    """Let paddlenlp ``model.generate(inputs_embeds=..., decode_strategy="beam_search")`` run for batch > 1.
+
+    Defect (paddlenlp 2.8.1): ``expand_inputs_for_generation`` repeats ``input_ids`` and the attention
+    mask ``num_beams`` times but not ``inputs_embeds``, so the first forward fails with "Broadcast
+    dimension mismatch ... [2, 6, 32] and [6, 6, 32]" (batch 1 broadcasts silently and happens to
+    work). Fix: give this model instance an expand function that also repeats ``inputs_embeds``
+    (``generate`` looks the method up on the instance first). Nothing global changes; idempotent.
+    Our own decoding (``models/language.py``) does not use paddlenlp's ``generate``; this is for code
+    that does (references, benchmarks). Remove when
+    ``tests/test_workarounds.py::test_beam_search_inputs_embeds_defect_still_present`` fails.
+    """
+    model.__dict__["expand_inputs_for_generation"] = expand_inputs_for_generation
+    return model

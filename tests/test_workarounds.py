@@ -1,0 +1,237 @@
+"""Library defects: each has a test that the defect is STILL THERE and a test that our fix is right.
+
+Tests named ``test_*_defect_still_present`` assert the libraries' wrong behaviour. When one of them
+fails after an upgrade, the library fixed the defect: remove the workaround it names (see
+``paddle_medvl/workarounds.py``) and this test with it.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+from paddle import nn
+
+from paddle_medvl.workarounds import FrozenSafeLayerNorm, fix_beam_search_inputs_embeds, fix_frozen_layer_norms, layer_norm
+
+D = 48
+
+
+def ln_case(seed: int = 0):
+    """Input, a non-unit weight, a bias and an upstream gradient; float32 as Paddle runs them."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((6, D)).astype("float32"), (rng.random(D) + 0.5).astype("float32"),
+            rng.standard_normal(D).astype("float32"), rng.standard_normal((6, D)).astype("float32"))
+
+
+def ln_input_grad(fn, x, w, b, g, weight_frozen: bool) -> np.ndarray:
+    xt = paddle.to_tensor(x, stop_gradient=False)
+    wt = paddle.to_tensor(w, stop_gradient=weight_frozen)
+    bt = paddle.to_tensor(b, stop_gradient=True)
+    (fn(xt, [D], wt, bt, 1e-5) * paddle.to_tensor(g)).sum().backward()
+    assert wt.grad is None if weight_frozen else wt.grad is not None
+    return xt.grad.numpy()
+
+
+def ln_input_grad_reference(x, w, g, eps=1e-5) -> np.ndarray:
+    """d/dx of sum(g * LN(x) * w + b), float64."""
+    x, w, g = x.astype("float64"), w.astype("float64"), g.astype("float64")
+    mu = x.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps)
+    xhat = (x - mu) * rstd
+    gy = g * w
+    return rstd * (gy - gy.mean(-1, keepdims=True) - xhat * (gy * xhat).mean(-1, keepdims=True))
+
+
+# ---------------------------------------------------------------------------- layer_norm, frozen weight
+
+
+def test_layer_norm_defect_still_present():
+    """DEFECT (Paddle 3.3.1): a frozen weight is treated as all ones in the input gradient.
+
+    If this fails, Paddle computes it right now: drop ``workarounds.layer_norm`` / ``fix_frozen_layer_norms``.
+    """
+    x, w, b, g = ln_case()
+    frozen = ln_input_grad(F.layer_norm, x, w, b, g, weight_frozen=True)
+    right = ln_input_grad_reference(x, w, g)
+    as_if_ones = ln_input_grad_reference(x, np.ones_like(w), g)
+    assert np.abs(frozen - right).max() > 0.1
+    np.testing.assert_allclose(frozen, as_if_ones, atol=1e-5)
+    # a trainable weight is handled right: the defect is only the frozen case
+    np.testing.assert_allclose(ln_input_grad(F.layer_norm, x, w, b, g, weight_frozen=False), right, atol=1e-5)
+
+
+def test_layer_norm_fix_gives_the_true_gradient_and_leaves_the_weight_frozen():
+    x, w, b, g = ln_case(1)
+    fixed = ln_input_grad(layer_norm, x, w, b, g, weight_frozen=True)  # asserts the weight got no .grad
+    np.testing.assert_allclose(fixed, ln_input_grad_reference(x, w, g), atol=1e-5)
+    np.testing.assert_allclose(fixed, ln_input_grad(F.layer_norm, x, w, b, g, weight_frozen=False), atol=1e-6)
+    # forward unchanged
+    xt, wt, bt = paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b)
+    np.testing.assert_array_equal(layer_norm(xt, [D], wt, bt).numpy(), F.layer_norm(xt, [D], wt, bt).numpy())
+
+
+class Block(nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(D, D)
+        self.norm = nn.LayerNorm(D)
+
+    def forward(self, x):
+        return self.norm(self.proj(x))
+
+
+class OwnNorm(nn.LayerNorm):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_fix_frozen_layer_norms_swaps_in_place_and_is_idempotent():
+    paddle.seed(0)
+    block = Block()
+    block.norm.weight.set_value(paddle.rand([D]) + 0.5)
+    names = [n for n, _ in block.named_parameters()]
+    block.norm.weight.stop_gradient = True
+    block.norm.bias.stop_gradient = True
+    x = paddle.randn([4, D])
+
+    def proj_grad() -> np.ndarray:
+        block.clear_gradients()
+        (block(x) ** 2).sum().backward()
+        return block.proj.weight.grad.numpy().copy()
+
+    wrong = proj_grad()
+    assert fix_frozen_layer_norms(block) == 1 and fix_frozen_layer_norms(block) == 0
+    assert isinstance(block.norm, FrozenSafeLayerNorm) and isinstance(block.norm, nn.LayerNorm)
+    assert [n for n, _ in block.named_parameters()] == names
+    right = proj_grad()
+    assert block.norm.weight.grad is None and block.norm.weight.stop_gradient  # still frozen, no grad kept
+    block.norm.weight.stop_gradient = False  # trainable weight: the plain kernel is right, and ours agrees
+    np.testing.assert_allclose(right, proj_grad(), rtol=1e-5, atol=1e-6)
+    assert np.abs(wrong - right).max() > 1e-3
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        holder = nn.Sequential(OwnNorm(D))
+        assert fix_frozen_layer_norms(holder) == 0
+    assert any("OwnNorm" in str(w.message) for w in caught)
+
+
+# ---------------------------------------------------------------------------- paddlenlp beam search with inputs_embeds
+
+TINY_OPT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                max_position_embeddings=64, word_embed_proj_dim=32, hidden_dropout_prob=0.0, pad_token_id=1,
+                bos_token_id=2, eos_token_id=2)
+
+
+@pytest.fixture(scope="module")
+def paddlenlp_opt():
+    from paddlenlp.transformers import OPTConfig, OPTForCausalLM
+
+    def make():
+        paddle.seed(1)
+        model = OPTForCausalLM(OPTConfig(**TINY_OPT))
+        model.eval()
+        state = {k: paddle.randn(v.shape) * 0.3 + (1.0 if "norm" in k and k.endswith("weight") else 0.0)
+                 for k, v in model.state_dict().items()}
+        model.set_state_dict(state)
+        return model
+
+    return make
+
+
+BEAM = dict(decode_strategy="beam_search", num_beams=3, max_new_tokens=5, eos_token_id=2, pad_token_id=1)
+
+
+def test_beam_search_inputs_embeds_defect_still_present(paddlenlp_opt):
+    """DEFECT (paddlenlp 2.8.1): inputs_embeds are not expanded to num_beams rows.
+
+    If this fails, paddlenlp expands them now: drop ``workarounds.fix_beam_search_inputs_embeds``.
+    """
+    model = paddlenlp_opt()
+    embeds = model.opt.embeddings.word_embeddings(paddle.to_tensor([[5, 6, 7, 8], [9, 10, 11, 12]]))
+    with pytest.raises(ValueError, match="Broadcast dimension mismatch"):
+        model.generate(inputs_embeds=embeds, attention_mask=paddle.ones([2, 4], dtype="int64"), **BEAM)
+
+
+def test_beam_search_inputs_embeds_fix(paddlenlp_opt):
+    model = fix_beam_search_inputs_embeds(fix_beam_search_inputs_embeds(paddlenlp_opt()))  # idempotent
+    ids = paddle.to_tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    mask = paddle.ones([2, 4], dtype="int64")
+    embeds = model.opt.embeddings.word_embeddings(ids)
+    batched = model.generate(inputs_embeds=embeds, attention_mask=mask, **BEAM)[0].numpy()
+    assert batched.shape[0] == 2
+    for row in range(2):  # each row as its own batch of one
+        alone = model.generate(inputs_embeds=embeds[row : row + 1], attention_mask=mask[row : row + 1], **BEAM)[0]
+        np.testing.assert_array_equal(batched[row, : alone.shape[1]], alone.numpy()[0])
+    # and as ids (embeds = embedding(ids), no logits processor that could see the prompt ids)
+    from_ids = model.generate(input_ids=ids, attention_mask=mask, **BEAM)[0].numpy()
+    np.testing.assert_array_equal(batched, from_ids)
+    assert paddlenlp_opt().__dict__.get("expand_inputs_for_generation") is None  # other instances untouched
+
+
+# ---------------------------------------------------------------------------- defects avoided by design (models/language.py)
+
+
+def test_opt_config_ffn_dim_defect_still_present():
+    """DEFECT (paddlenlp 2.8.1): OPTConfig(ffn_dim=...) keeps intermediate_size 8192; word_embed_proj_dim defaults to 2048."""
+    from paddlenlp.transformers import OPTConfig
+
+    from paddle_medvl.models.language import opt_config
+
+    assert OPTConfig(ffn_dim=64, hidden_size=32).intermediate_size == 8192
+    assert OPTConfig(hidden_size=32).word_embed_proj_dim == 2048
+    ours = opt_config({"ffn_dim": 64, "hidden_size": 32, "vocab_size": 10, "num_hidden_layers": 1,
+                       "num_attention_heads": 4}, "test")
+    assert ours.intermediate_size == 64 and ours.word_embed_proj_dim == 32
+
+
+def test_opt_causal_lm_defects_still_present(paddlenlp_opt):
+    """DEFECT (paddlenlp 2.8.1 OPTForCausalLM): __getattr__ answers None; bare logits by default;
+    an untied LM head that breaks when word_embed_proj_dim != hidden_size. We use OPTModel instead."""
+    from paddlenlp.transformers import OPTConfig, OPTForCausalLM
+
+    model = paddlenlp_opt()
+    assert model.no_such_attribute is None
+    assert isinstance(model(input_ids=paddle.to_tensor([[5, 6]])), paddle.Tensor)
+    assert model.lm_head.decoder_weight is not model.opt.embeddings.word_embeddings.weight
+    narrow = OPTForCausalLM(OPTConfig(**{**TINY_OPT, "word_embed_proj_dim": 16}))
+    with pytest.raises(ValueError):
+        narrow(input_ids=paddle.to_tensor([[5, 6]]))
+
+
+def test_mean_cross_entropy_defect_still_present():
+    """DEFECT (Paddle 3.3.1): mean cross-entropy with ignore_index divides by all positions."""
+    logits = paddle.to_tensor(np.random.default_rng(0).standard_normal((4, 7)).astype("float32"))
+    labels = paddle.to_tensor([1, -100, 3, -100])
+    paddle_mean = float(F.cross_entropy(logits, labels, ignore_index=-100, reduction="mean"))
+    per_token = F.cross_entropy(logits, paddle.to_tensor([1, 0, 3, 0]), reduction="none").numpy().reshape(-1)[[0, 2]]
+    assert paddle_mean == pytest.approx(per_token.sum() / 4, rel=1e-5)  # HF and we: / 2
+
+
+def test_paddlenlp_generate_semantics_defects_still_present(paddlenlp_opt, monkeypatch):
+    """DEFECT (paddlenlp 2.8.1 generate): the repetition penalty sees a dummy BOS before the new tokens
+    (OPT's BOS is its EOS), and beams are scored with the GNMT length penalty without EOS in the length
+    (HF: n ** lp, EOS counted). We decode with HF's semantics instead (models/language.py)."""
+    from paddlenlp.generation import logits_process
+    from paddlenlp.generation.utils import BeamHypotheses
+
+    seen = []
+    penalise = logits_process.RepetitionPenaltyLogitsProcessor.__call__
+
+    def record(self, input_ids, logits):
+        seen.append(input_ids.numpy().tolist())
+        return penalise(self, input_ids, logits)
+
+    monkeypatch.setattr(logits_process.RepetitionPenaltyLogitsProcessor, "__call__", record)
+    model = paddlenlp_opt()
+    embeds = model.opt.embeddings.word_embeddings(paddle.to_tensor([[5, 6, 7]]))
+    model.generate(inputs_embeds=embeds, attention_mask=paddle.ones([1, 3], dtype="int64"), max_new_tokens=2,
+                   decode_strategy="greedy_search", repetition_penalty=1.5)
+    assert seen[0] == [[TINY_OPT["bos_token_id"]]]  # HF: no ids at all before the first new token
+
+    hyps = BeamHypotheses(num_beams=1, length_penalty=1.0, early_stopping=False)
+    hyps.add(paddle.to_tensor([7, 8, 9]), -6.0, origin_len=0)  # 3 tokens, EOS not included
+    assert hyps.beams[0][0] == pytest.approx(-6.0 / ((3 + 5) / 6))  # HF would give -6 / 4 (EOS counted)
