@@ -102,7 +102,7 @@ class LanguageConfig:
     architecture: str = "opt"  # opt (t5, chatglm in later issues)
     path: str = ""  # a local folder with the LLM's paddlenlp config.json (weights come from the checkpoint)
     config: dict = field(default_factory=dict)  # architecture settings for a new random LLM (tests, demo)
-    dtype: str = "float32"  # float32 | float16 | bfloat16: the frozen LLM may be held in half precision
+    dtype: str = "float32"  # float32 | float16 | bfloat16 (the frozen LLM may be held in half precision) | float64
     # how this LLM wants its text (data/collate.py TextFormat)
     add_bos: bool = True
     eos_text: str = "\n"

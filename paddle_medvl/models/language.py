@@ -59,7 +59,7 @@ from ..workarounds import fix_frozen_layer_norms
 if TYPE_CHECKING:  # paddlenlp takes seconds to import: only when a model is built
     from paddlenlp.transformers import OPTConfig
 
-_DTYPES = ("float32", "float16", "bfloat16")
+_DTYPES = ("float32", "float16", "bfloat16", "float64")  # float64: exact parity checks
 _NEG = -1.0e9  # HF's "never" score for unused beams
 
 
@@ -233,20 +233,20 @@ class LanguageModel(nn.Layer):
         mask = _as_mask(attention_mask, inputs_embeds)
         hidden = self._hidden(inputs_embeds, mask)
         if labels is None:
-            return LMOutput(self._project(hidden).astype("float32"), None)
+            return LMOutput(_wide(self._project(hidden)), None)
         targets = labels[:, 1:].astype("int64")
         valid = targets != IGNORE_INDEX
-        count = valid.astype("float32").sum()
+        count = valid.astype(_wide_dtype(hidden)).sum()
         if return_logits:
-            logits = self._project(hidden).astype("float32")
+            logits = _wide(self._project(hidden))
             ce = F.cross_entropy(logits[:, :-1], paddle.where(valid, targets, paddle.zeros_like(targets)), reduction="none")
-            loss = (ce.squeeze(-1) * valid.astype("float32")).sum() / paddle.clip(count, min=1.0)
+            loss = (ce.squeeze(-1) * valid.astype(logits.dtype)).sum() / paddle.clip(count, min=1.0)
             return LMOutput(logits, loss)
         where = paddle.nonzero(valid.flatten()).squeeze(-1)
         if where.shape[0] == 0:  # no label token: zero loss, still part of the graph
-            return LMOutput(None, hidden.astype("float32").sum() * 0.0)
+            return LMOutput(None, _wide(hidden).sum() * 0.0)
         picked = paddle.gather(hidden[:, :-1].reshape([-1, hidden.shape[-1]]), where)
-        logits = self._project(picked).astype("float32")
+        logits = _wide(self._project(picked))
         loss = F.cross_entropy(logits, paddle.gather(targets.flatten(), where), reduction="sum") / count
         return LMOutput(None, loss)
 
@@ -363,6 +363,15 @@ class LanguageModel(nn.Layer):
 
         width = int(done_lengths[:, 0].max())
         return done[:, 0, :width]
+
+
+def _wide_dtype(x: Tensor) -> str:
+    """float32 for half-precision tensors (losses and scores are never computed in half), else x's own."""
+    return "float64" if x.dtype == paddle.float64 else "float32"
+
+
+def _wide(x: Tensor) -> Tensor:
+    return x.astype(_wide_dtype(x))
 
 
 def _as_mask(attention_mask: Tensor | None, inputs_embeds: Tensor) -> Tensor:

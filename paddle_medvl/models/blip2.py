@@ -1,0 +1,239 @@
+"""BLIP-2: EVA ViT -> ln_vision -> Q-Former -> language projection -> frozen LLM.
+
+Built from a :class:`~paddle_medvl.config.ModelConfig` and nothing else: sizes, the LLM's
+architecture and the loss weights are config values. The projected query outputs are prepended to
+the prompt's token embeddings (BLIP-2's "soft visual prompt"); the LLM is frozen and its gradients
+flow only into the projection, the Q-Former, the queries and (when trainable) the ViT.
+
+Losses (paper 000):
+
+* caption loss: the LLM's language-modelling loss on the target tokens (prompt tokens are -100);
+* concept loss: the Q-Former's image-grounded text-generation loss on the concept sentence
+  ("The image shows c1, ..., cn."), when ``concept_loss_weight > 0`` and the batch carries it;
+* ``loss = caption_loss_weight * caption + concept_loss_weight * concept``.
+
+A study's several views ([B, V, 3, H, W]) each go through the ViT and the Q-Former; their
+query outputs are concatenated (V x Q tokens reach the LLM).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import paddle
+from paddle import Tensor, nn
+
+from ..config import ConfigError, DecodeConfig, ModelConfig, load_config, to_dict
+from ..data.collate import IGNORE_INDEX
+from ..workarounds import fix_frozen_layer_norms
+from .eva_vit import EvaViT
+from .language import build_language_model
+from .qformer import QFormer, create_query_tokens
+
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+CONFIG = "config.yaml"
+
+
+class Blip2Output(NamedTuple):
+    loss: Tensor
+    caption_loss: Tensor
+    concept_loss: Tensor | None
+    logits: Tensor | None  # the LLM's logits over [queries; prompt; target], only when asked for
+
+
+class Blip2(nn.Layer):
+    """The composed model; parameter names follow Hugging Face's ``Blip2ForConditionalGeneration``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_model = EvaViT(config.vision)
+        self.query_tokens = create_query_tokens(config.qformer)
+        self.qformer = QFormer(config.qformer, config.vision.hidden_size)
+        self.language_model = build_language_model(config.language)
+        self.language_projection = nn.Linear(config.qformer.hidden_size, self.language_model.embed_dim)
+        fix_frozen_layer_norms(self)  # any part may be frozen later, by pattern
+
+    # ------------------------------------------------------------------ image -> soft prompt
+
+    def _image_features(self, pixel_values: Tensor) -> tuple[Tensor, int]:
+        """[B, 3, H, W] or [B, V, 3, H, W] -> ViT features [B*V, N, D] and V."""
+        views = 1
+        if pixel_values.ndim == 5:
+            views = pixel_values.shape[1]
+            pixel_values = pixel_values.reshape([-1, *pixel_values.shape[2:]])
+        return self.vision_model(pixel_values), views
+
+    def _soft_prompt(self, query_output: Tensor, views: int) -> Tensor:
+        """Query outputs [B*V, Q, H] -> projected [B, V*Q, D] in the LLM's dtype."""
+        projected = self.language_projection(query_output)
+        projected = projected.reshape([-1, views * projected.shape[1], projected.shape[2]])
+        return projected.astype(self.language_model.llm_dtype)
+
+    def encode_images(
+        self, pixel_values: Tensor, instruction_ids: Tensor | None = None, instruction_mask: Tensor | None = None
+    ) -> Tensor:
+        """The soft visual prompt [B, V*Q, D] for the LLM."""
+        image, views = self._image_features(pixel_values)
+        if instruction_ids is not None and views > 1:
+            instruction_ids = instruction_ids.repeat_interleave(views, axis=0)
+            instruction_mask = None if instruction_mask is None else instruction_mask.repeat_interleave(views, axis=0)
+        query_output = self.qformer(self.query_tokens, image, None, instruction_ids, instruction_mask)
+        return self._soft_prompt(query_output, views)
+
+    # ------------------------------------------------------------------ training
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        labels: Tensor,
+        qformer_ids: Tensor | None = None,
+        qformer_mask: Tensor | None = None,
+        return_logits: bool = False,
+    ) -> Blip2Output:
+        """Losses for one batch from ``data/collate.py`` (decoder-only LLM layout).
+
+        ``qformer_ids``/``qformer_mask`` are the Q-Former's own text: the instruction when the
+        Q-Former takes one (InstructBLIP), else the concept sentence for the concept loss.
+        """
+        image, views = self._image_features(pixel_values)
+        concept = None
+        if qformer_ids is not None and views > 1:
+            qformer_ids = qformer_ids.repeat_interleave(views, axis=0)
+            qformer_mask = qformer_mask.repeat_interleave(views, axis=0)
+        if self.config.qformer.instruction:
+            query_output = self.qformer(self.query_tokens, image, None, qformer_ids, qformer_mask)
+        elif self.config.concept_loss_weight > 0:
+            if qformer_ids is None:
+                raise ValueError(
+                    "Model.concept_loss_weight > 0 needs the concept sentence in the batch (qformer_ids): "
+                    "build the collator with the Q-Former tokenizer and qformer_field='concept_sentence'"
+                )
+            query_output, text_logits = self.qformer.forward_text(self.query_tokens, image, qformer_ids, qformer_mask)
+            concept = self.qformer.text_loss(text_logits, qformer_ids, qformer_mask)
+        else:
+            query_output = self.qformer(self.query_tokens, image)
+        prefix = self._soft_prompt(query_output, views)
+
+        batch, prefix_len = prefix.shape[0], prefix.shape[1]
+        embeds = paddle.concat([prefix, self.language_model.embed(input_ids)], axis=1)
+        mask = paddle.concat([paddle.ones([batch, prefix_len], dtype=attention_mask.dtype), attention_mask], axis=1)
+        labels = paddle.concat([paddle.full([batch, prefix_len], IGNORE_INDEX, dtype=labels.dtype), labels], axis=1)
+        out = self.language_model(embeds, mask, labels, return_logits=return_logits)
+        caption = out.loss
+        loss = self.config.caption_loss_weight * caption
+        if concept is not None:
+            loss = loss + self.config.concept_loss_weight * concept
+        return Blip2Output(loss, caption, concept, out.logits)
+
+    # ------------------------------------------------------------------ inference
+
+    @paddle.no_grad()
+    def generate(
+        self,
+        pixel_values: Tensor,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        decode: DecodeConfig,
+        eos_token_id: int,
+        pad_token_id: int,
+        instruction_ids: Tensor | None = None,
+        instruction_mask: Tensor | None = None,
+    ) -> Tensor:
+        """New token ids [B, T] for each image, conditioned on its (left-padded) prompt."""
+        prefix = self.encode_images(pixel_values, instruction_ids, instruction_mask)
+        batch, prefix_len = prefix.shape[0], prefix.shape[1]
+        embeds = paddle.concat([prefix, self.language_model.embed(prompt_ids)], axis=1)
+        mask = paddle.concat([paddle.ones([batch, prefix_len], dtype=prompt_mask.dtype), prompt_mask], axis=1)
+        return self.language_model.generate(
+            embeds, mask, **asdict(decode), eos_token_id=eos_token_id, pad_token_id=pad_token_id
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """``config.yaml`` (the Model section) + ``model.safetensors``, each written atomically."""
+        from safetensors.paddle import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        _atomic(folder / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "paddle_medvl"}))
+        _atomic(folder / CONFIG, lambda tmp: tmp.write_text(_yaml({"Model": to_dict(self.config)})))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, config: ModelConfig | None = None) -> "Blip2":
+        """A converted (``tools/convert_hf.py``) or saved checkpoint. ``config`` overrides its config.yaml."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder}: no such checkpoint folder. Download the Hugging Face checkpoint (e.g. "
+                "Salesforce/blip2-opt-2.7b: config.json + *.safetensors) on a machine with internet and convert "
+                f"it: python tools/convert_hf.py --hf DIR --out {folder}"
+            )
+        if config is None:
+            try:
+                config = load_config(folder / CONFIG).Model
+            except ConfigError as e:
+                raise ConfigError(f"{folder}: not a paddle_medvl checkpoint ({e})") from None
+        model = cls(config)
+        model.load_weights(folder)
+        return model
+
+    def load_weights(self, folder: str | Path) -> None:
+        """Load ``model.safetensors`` (or its shards); every parameter must be there with its shape."""
+        state = read_weights(Path(folder))
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = sorted(
+            f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}"
+            for k in set(own) & set(state)
+            if list(state[k].shape) != list(own[k].shape)
+        )
+        if missing or unexpected or shapes:
+            raise ValueError(
+                f"{folder}: the checkpoint does not fit the model config:"
+                + (f"\n  missing ({len(missing)}): {', '.join(missing[:20])}" if missing else "")
+                + (f"\n  unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}" if unexpected else "")
+                + (f"\n  mis-shaped ({len(shapes)}): {'; '.join(shapes[:20])}" if shapes else "")
+            )
+        for name, tensor in own.items():
+            tensor.set_value(state[name].astype(tensor.dtype))
+
+
+def read_weights(folder: Path) -> dict[str, Tensor]:
+    """All tensors of ``model.safetensors`` or of the shards its index lists."""
+    from safetensors import safe_open
+
+    index = folder / INDEX
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / WEIGHTS).is_file():
+        files = [WEIGHTS]
+    else:
+        raise FileNotFoundError(f"{folder}: neither {WEIGHTS} nor {INDEX} is there")
+    state: dict[str, Tensor] = {}
+    for name in files:
+        with safe_open(str(folder / name), framework="paddle") as f:
+            for key in f.keys():
+                state[key] = f.get_tensor(key).clone()  # own memory: see convert.hf.Checkpoint.get
+    return state
+
+
+def _atomic(path: Path, write) -> None:
+    """Write to a temporary sibling, then rename: a crash never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
