@@ -27,7 +27,7 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "pydicom>=3"],
         # Only for regenerating the parity fixtures; never needed to run the tests.
-        "parity": ["torch==2.13.0", "transformers"],
+        "parity": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "numpy"],
         "dicom": ["pydicom>=3"],
     },
 )

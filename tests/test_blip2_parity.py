@@ -195,3 +195,20 @@ def test_checkpoint_that_does_not_fit_its_config(converted, tmp_path):
     (tmp_path / "c" / "config.yaml").write_text(text)
     with pytest.raises(ValueError, match=r"mis-shaped \(1\): query_tokens: checkpoint \[1, 8, 32\] vs model \[1, 4, 32\]"):
         Blip2.from_pretrained(tmp_path / "c")
+
+
+def test_optimizer_holds_state_for_trainable_parameters_only(converted, inputs):
+    """AdamW over the trainable parameters: 2 moments each, nothing for the frozen LLM."""
+    model = load(converted, "float32")
+    model.train()
+    assert not model.language_model.training  # the frozen LLM stays in eval mode
+    trainable = [p for p in model.parameters() if not p.stop_gradient]
+    frozen_llm = {id(p) for p in model.language_model.parameters()}
+    assert trainable and not frozen_llm & {id(p) for p in trainable}
+    opt = paddle.optimizer.AdamW(learning_rate=1e-3, parameters=trainable)
+    out = forward(model, inputs, "float32")
+    out.loss.backward()
+    opt.step()
+    moments = [v for k, v in opt.state_dict().items() if "moment" in k]
+    assert len(moments) == 2 * len(trainable)
+    assert sum(int(np.prod(m.shape)) for m in moments) == 2 * sum(int(np.prod(p.shape)) for p in trainable)

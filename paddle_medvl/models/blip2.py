@@ -57,6 +57,14 @@ class Blip2(nn.Layer):
         self.language_projection = nn.Linear(config.qformer.hidden_size, self.language_model.embed_dim)
         fix_frozen_layer_norms(self)  # any part may be frozen later, by pattern
 
+    def train(self, mode: bool = True) -> "Blip2":
+        """Paddle's ``train()`` sets every sublayer's flag directly; the frozen LLM (and a frozen
+        ViT) must stay in eval mode, so their own ``train`` has the last word."""
+        super().train(mode)
+        self.language_model.train(mode)
+        self.vision_model.train(mode)
+        return self
+
     # ------------------------------------------------------------------ image -> soft prompt
 
     def _image_features(self, pixel_values: Tensor) -> tuple[Tensor, int]:
