@@ -19,6 +19,7 @@ import pytest
 from paddle_medvl.config import DecodeConfig, load_config
 from paddle_medvl.convert.hf import ConversionError, convert, key_map
 from paddle_medvl.models.blip2 import Blip2
+from paddle_medvl.models.language import default_dtype
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "blip2_opt_tiny"
 Q = 8  # query tokens = leading image tokens in the HF inputs
@@ -43,12 +44,8 @@ def converted_text(tmp_path_factory) -> Path:
 def load(folder: Path, dtype: str) -> Blip2:
     config = load_config(folder / "config.yaml").Model
     config.language.dtype = dtype  # the whole model, LLM included, in the compared precision
-    previous = paddle.get_default_dtype()
-    paddle.set_default_dtype(dtype)
-    try:
+    with default_dtype(dtype):
         model = Blip2.from_pretrained(folder, config)
-    finally:
-        paddle.set_default_dtype(previous)
     model.eval()
     return model
 

@@ -6,7 +6,6 @@ random HF BLIP-2 OPT checkpoint and HF's outputs for it in float64 and float32.
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors.numpy import load_file
 
 from paddle_medvl.config import QFormerConfig, VisionConfig
 from paddle_medvl.models.eva_vit import EvaViT, bicubic_matrix
+from paddle_medvl.models.language import default_dtype
 from paddle_medvl.models.qformer import QFormer, create_query_tokens
 
 FIX = Path(__file__).parent / "fixtures" / "blip2_opt_tiny"
@@ -70,14 +70,6 @@ def qformer_config(**kw) -> QFormerConfig:
                          dec_token_id=text["dec_token_id"], **kw)
 
 
-@contextlib.contextmanager
-def default_dtype(dtype: str):
-    old = paddle.get_default_dtype()
-    paddle.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        paddle.set_default_dtype(old)
 
 
 def hf_key(ours: str, prefix: str) -> str:

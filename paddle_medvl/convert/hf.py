@@ -22,10 +22,8 @@ import paddle
 from paddle import nn
 
 from ..config import LanguageConfig, ModelConfig, QFormerConfig, VisionConfig, to_dict
-from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, _atomic, _yaml
+from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, _atomic, _yaml, weight_files
 
-HF_WEIGHTS = "model.safetensors"
-HF_INDEX = "model.safetensors.index.json"
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 
 
@@ -116,17 +114,13 @@ class Checkpoint:
     @staticmethod
     def files(folder: Path) -> list[Path]:
         """A Hugging Face checkpoint folder's files: ``model.safetensors`` or the shards its index lists."""
-        index = folder / HF_INDEX
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        elif (folder / HF_WEIGHTS).is_file():
-            files = [HF_WEIGHTS]
-        else:
+        try:
+            return weight_files(folder)
+        except FileNotFoundError as e:
             raise ConversionError(
-                f"{folder}: no {HF_WEIGHTS} or {HF_INDEX}. Pickled checkpoints (pytorch_model.bin) are not read: "
+                f"{e}. Pickled checkpoints (pytorch_model.bin) are not read: "
                 "download the safetensors files of the model (Salesforce/blip2-opt-2.7b has them)"
-            )
-        return [folder / f for f in files]
+            ) from None
 
     def shape(self, key: str) -> list[int]:
         return list(self.where[key].get_slice(key).get_shape())

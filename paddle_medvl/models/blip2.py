@@ -215,20 +215,23 @@ class Blip2(nn.Layer):
             tensor.set_value(state[name].astype(tensor.dtype))
 
 
-def read_weights(folder: Path) -> dict[str, Tensor]:
-    """All tensors of ``model.safetensors`` or of the shards its index lists."""
-    from safetensors import safe_open
-
+def weight_files(folder: Path) -> list[Path]:
+    """``model.safetensors``, or the shards ``model.safetensors.index.json`` lists (ours and HF's alike)."""
     index = folder / INDEX
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / WEIGHTS).is_file():
-        files = [WEIGHTS]
-    else:
-        raise FileNotFoundError(f"{folder}: neither {WEIGHTS} nor {INDEX} is there")
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (folder / WEIGHTS).is_file():
+        return [folder / WEIGHTS]
+    raise FileNotFoundError(f"{folder}: neither {WEIGHTS} nor {INDEX} is there")
+
+
+def read_weights(folder: Path) -> dict[str, Tensor]:
+    """All tensors of a checkpoint folder."""
+    from safetensors import safe_open
+
     state: dict[str, Tensor] = {}
-    for name in files:
-        with safe_open(str(folder / name), framework="paddle") as f:
+    for path in weight_files(folder):
+        with safe_open(str(path), framework="paddle") as f:
             for key in f.keys():
                 state[key] = f.get_tensor(key).clone()  # own memory: see convert.hf.Checkpoint.get
     return state

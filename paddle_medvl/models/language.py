@@ -125,7 +125,7 @@ def read_settings(cfg: LanguageConfig) -> tuple[dict[str, Any], str]:
 
 
 @contextmanager
-def _default_dtype(dtype: str) -> Iterator[None]:
+def default_dtype(dtype: str) -> Iterator[None]:
     """Create parameters directly in ``dtype``: no float32 copy of a multi-GB LLM on the way."""
     previous = paddle.get_default_dtype()
     paddle.set_default_dtype(dtype)
@@ -155,7 +155,7 @@ class LanguageModel(nn.Layer):
             raise LanguageConfigError(f"Model.language.dtype: expected one of {', '.join(_DTYPES)}, got {cfg.dtype!r}")
         self.llm_dtype = cfg.dtype
         settings, source = read_settings(cfg)
-        with _default_dtype(cfg.dtype):
+        with default_dtype(cfg.dtype):
             self._build(settings, source)
         for p in self.parameters():
             p.stop_gradient = True
