@@ -35,6 +35,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <new>
 #include <random>
 #include <string>
@@ -543,14 +544,22 @@ void Fail(Comm* comm, const char* what, const char* fmt, ...) {
 
 // Spins briefly, then sleeps with back-off; gives up (with a message naming
 // the cause) on timeout, when a peer process died, or when a peer gave up.
+// A peer may finish its part of an operation and exit before this rank has
+// seen the result (its last bytes sit in a ring, its barrier arrival is
+// counted): `settled` re-checks the wait's own condition (making progress if
+// it can) before an exited peer counts as a failure.
 class Waiter {
  public:
   Waiter(Comm* comm, const char* what,
          const char* stall_hint =
-             "every rank must issue the same collectives in the same order")
+             "every rank must issue the same collectives in the same order",
+         std::function<bool()> settled = nullptr,
+         std::vector<int> peers = {})
       : comm_(comm),
         what_(what),
         hint_(stall_hint),
+        settled_(std::move(settled)),
+        peers_(std::move(peers)),
         start_(Now()),
         next_check_(start_) {}
 
@@ -575,8 +584,13 @@ class Waiter {
         return false;
       }
       for (int r = 0; r < comm_->nranks; ++r) {
+        const bool watched = peers_.empty() || std::find(peers_.begin(), peers_.end(), r) != peers_.end();
         const pid_t pid = comm_->shared->pid[r].load();
-        if (r != comm_->rank && !PeerAlive(pid)) {
+        if (watched && r != comm_->rank && !PeerAlive(pid)) {
+          if (settled_ && settled_()) {
+            idle_ = 0;
+            return true;
+          }
           Fail(comm_, what_, "rank %d (pid %d) has exited", r,
                static_cast<int>(pid));
           return false;
@@ -597,6 +611,8 @@ class Waiter {
   Comm* comm_;
   const char* what_;
   const char* hint_;
+  std::function<bool()> settled_;
+  std::vector<int> peers_;  // the ranks this wait depends on; empty: all of them
   double start_;
   double next_check_;
   long idle_ = 0;
@@ -612,7 +628,8 @@ bool Barrier(Comm* comm, const char* what) {
     s->barrier_generation.fetch_add(1);
     return true;
   }
-  Waiter waiter(comm, what);
+  Waiter waiter(comm, what, "every rank must issue the same collectives in the same order",
+                [&] { return s->barrier_generation.load() != generation; });
   while (s->barrier_generation.load() == generation) {
     if (!waiter.Pause()) return false;
   }
@@ -990,7 +1007,20 @@ bool Step(P2POp& op) {
 
 C_Status RunP2P(std::vector<P2POp>& ops) {
   if (ops.empty()) return C_SUCCESS;
-  Waiter waiter(ops[0].comm, ops[0].is_send ? "send" : "recv");
+  // An exited peer is only a failure if its data is not already in our rings.
+  auto settled = [&ops] {
+    bool progressed = false, finished = true;
+    for (P2POp& op : ops) {
+      if (op.done < op.bytes) progressed |= Step(op);
+      finished &= op.done == op.bytes;
+    }
+    return progressed || finished;
+  };
+  // Only the peers of these operations matter: other ranks may have finished and exited.
+  std::vector<int> peers;
+  for (const P2POp& op : ops) peers.push_back(static_cast<int>(op.peer));
+  Waiter waiter(ops[0].comm, ops[0].is_send ? "send" : "recv",
+                "every rank must issue the same collectives in the same order", settled, peers);
   while (true) {
     bool finished = true;
     bool progressed = false;
