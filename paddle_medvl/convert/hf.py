@@ -9,7 +9,7 @@ are copied as they are.
 
 Tensors are streamed one at a time from the (possibly sharded) checkpoint into output shards, so
 a 3.7 B-parameter model converts in a few GB of memory; the model skeleton that gives the expected
-names and shapes is built under ``paddle.LazyGuard`` (no weights allocated).
+names and shapes is built as a ``skeleton()`` (no weights allocated or initialised).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import paddle
 from paddle import nn
 
 from ..config import LanguageConfig, ModelConfig, QFormerConfig, VisionConfig, to_dict
-from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, _atomic, _yaml, weight_files
+from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, _atomic, _yaml, skeleton, weight_files
 
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 
@@ -194,10 +194,10 @@ def convert(
             positions = ckpt.shape("qformer.embeddings.position_embeddings.weight")[0]
             config.qformer.vocab_size, config.qformer.dec_token_id = vocab, vocab - 1
             config.qformer.max_position_embeddings = positions
-        with paddle.LazyGuard():
-            skeleton = Blip2(config)
-        expected = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
-        names = key_map(skeleton)
+        with skeleton():
+            model = Blip2(config)
+        expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+        names = key_map(model)
         sources, used = _sources(names, ckpt)
         # HF does not save OPT's tied lm_head; older checkpoints may hold it: the embedding is the head.
         used |= {"language_model.lm_head.weight"} & set(ckpt.where)
