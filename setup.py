@@ -29,5 +29,8 @@ setup(
         # Only for regenerating the parity fixtures; never needed to run the tests.
         "parity": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "numpy"],
         "dicom": ["pydicom>=3"],
+        # BERTScore (the ImageCLEF caption metric) with a local model; transformers 4.46 is the
+        # newest that accepts paddlenlp's huggingface_hub<0.25 (so not installable beside [parity]).
+        "bertscore": ["torch==2.13.0", "bert-score==0.3.13", "transformers==4.46.3"],
     },
 )
