@@ -18,7 +18,7 @@ query outputs are concatenated (V x Q tokens reach the LLM).
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -198,25 +198,35 @@ class Blip2(nn.Layer):
         return model
 
     def load_weights(self, folder: str | Path) -> None:
-        """Load ``model.safetensors`` (or its shards); every parameter must be there with its shape."""
-        state = read_weights(Path(folder))
+        """Load ``model.safetensors`` (or its shards) tensor by tensor; every parameter must be
+        there with its shape, checked before anything is loaded."""
+        from safetensors import safe_open
+
+        folder = Path(folder)
         own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = sorted(
-            f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}"
-            for k in set(own) & set(state)
-            if list(state[k].shape) != list(own[k].shape)
-        )
-        if missing or unexpected or shapes:
-            raise ValueError(
-                f"{folder}: the checkpoint does not fit the model config:"
-                + (f"\n  missing ({len(missing)}): {', '.join(missing[:20])}" if missing else "")
-                + (f"\n  unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}" if unexpected else "")
-                + (f"\n  mis-shaped ({len(shapes)}): {'; '.join(shapes[:20])}" if shapes else "")
+        with ExitStack() as stack:
+            where = {}
+            for path in weight_files(folder):
+                handle = stack.enter_context(safe_open(str(path), framework="paddle"))
+                where.update({key: handle for key in handle.keys()})
+            shape = {key: list(handle.get_slice(key).get_shape()) for key, handle in where.items()}
+            missing = sorted(set(own) - set(where))
+            unexpected = sorted(set(where) - set(own))
+            mis_shaped = sorted(
+                f"{k}: checkpoint {shape[k]} vs model {list(own[k].shape)}"
+                for k in set(own) & set(where)
+                if shape[k] != list(own[k].shape)
             )
-        for name, tensor in own.items():
-            tensor.set_value(state[name].astype(tensor.dtype))
+            if missing or unexpected or mis_shaped:
+                raise ValueError(
+                    f"{folder}: the checkpoint does not fit the model config:"
+                    + (f"\n  missing ({len(missing)}): {', '.join(missing[:20])}" if missing else "")
+                    + (f"\n  unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}" if unexpected else "")
+                    + (f"\n  mis-shaped ({len(mis_shaped)}): {'; '.join(mis_shaped[:20])}" if mis_shaped else "")
+                )
+            for name, tensor in own.items():
+                # One tensor at a time: the checkpoint is never held in memory beside the model.
+                tensor.set_value(where[name].get_tensor(name).astype(tensor.dtype))
 
 
 @contextmanager
@@ -240,18 +250,6 @@ def weight_files(folder: Path) -> list[Path]:
     if (folder / WEIGHTS).is_file():
         return [folder / WEIGHTS]
     raise FileNotFoundError(f"{folder}: neither {WEIGHTS} nor {INDEX} is there")
-
-
-def read_weights(folder: Path) -> dict[str, Tensor]:
-    """All tensors of a checkpoint folder."""
-    from safetensors import safe_open
-
-    state: dict[str, Tensor] = {}
-    for path in weight_files(folder):
-        with safe_open(str(path), framework="paddle") as f:
-            for key in f.keys():
-                state[key] = f.get_tensor(key).clone()  # own memory: see convert.hf.Checkpoint.get
-    return state
 
 
 def _atomic(path: Path, write) -> None:
