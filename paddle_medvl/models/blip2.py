@@ -204,29 +204,29 @@ class Blip2(nn.Layer):
 
         folder = Path(folder)
         own = self.state_dict()
+        files = weight_files(folder)
         with ExitStack() as stack:
-            where = {}
-            for path in weight_files(folder):
-                handle = stack.enter_context(safe_open(str(path), framework="paddle"))
-                where.update({key: handle for key in handle.keys()})
-            shape = {key: list(handle.get_slice(key).get_shape()) for key, handle in where.items()}
-            missing = sorted(set(own) - set(where))
-            unexpected = sorted(set(where) - set(own))
-            mis_shaped = sorted(
-                f"{k}: checkpoint {shape[k]} vs model {list(own[k].shape)}"
-                for k in set(own) & set(where)
-                if shape[k] != list(own[k].shape)
+            handles = [stack.enter_context(safe_open(str(path), framework="paddle")) for path in files]
+            shape = {key: list(h.get_slice(key).get_shape()) for h in handles for key in h.keys()}
+        missing = sorted(set(own) - set(shape))
+        unexpected = sorted(set(shape) - set(own))
+        mis_shaped = sorted(
+            f"{k}: checkpoint {shape[k]} vs model {list(own[k].shape)}"
+            for k in set(own) & set(shape)
+            if shape[k] != list(own[k].shape)
+        )
+        if missing or unexpected or mis_shaped:
+            raise ValueError(
+                f"{folder}: the checkpoint does not fit the model config:"
+                + (f"\n  missing ({len(missing)}): {', '.join(missing[:20])}" if missing else "")
+                + (f"\n  unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}" if unexpected else "")
+                + (f"\n  mis-shaped ({len(mis_shaped)}): {'; '.join(mis_shaped[:20])}" if mis_shaped else "")
             )
-            if missing or unexpected or mis_shaped:
-                raise ValueError(
-                    f"{folder}: the checkpoint does not fit the model config:"
-                    + (f"\n  missing ({len(missing)}): {', '.join(missing[:20])}" if missing else "")
-                    + (f"\n  unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}" if unexpected else "")
-                    + (f"\n  mis-shaped ({len(mis_shaped)}): {'; '.join(mis_shaped[:20])}" if mis_shaped else "")
-                )
-            for name, tensor in own.items():
-                # One tensor at a time: the checkpoint is never held in memory beside the model.
-                tensor.set_value(where[name].get_tensor(name).astype(tensor.dtype))
+        # One file, one tensor at a time: the checkpoint is never held (or mapped) whole beside the model.
+        for path in files:
+            with safe_open(str(path), framework="paddle") as handle:
+                for name in handle.keys():
+                    own[name].set_value(handle.get_tensor(name).astype(own[name].dtype))
 
 
 @contextmanager
