@@ -36,7 +36,7 @@ class GlobalConfig:
 class DataConfig:
     """Which data set, where, and how its examples become tensors."""
 
-    format: str = ""  # imageclef_caption | rocov2 | medvqa_gi | iu_xray | mimic_cxr | files
+    format: str = ""  # imageclef_caption | rocov2 | medvqa_gi | iu_xray | mimic_cxr
     root: str = ""  # the data set folder; no path read from its files may leave it
     image_dir: str = ""  # images folder under root; "" = the format's own ("{split}" or "images")
     train_split: str = "train"
@@ -93,6 +93,7 @@ class QFormerConfig:
     text: bool = True  # text embeddings + LM head: image-grounded text generation (paper 000's concept loss)
     instruction: bool = False  # InstructBLIP: the instruction text also enters the Q-Former
     recompute: bool = False
+    tokenizer: str = ""  # a local BERT vocab folder (bert-base-uncased); only needed when the Q-Former takes text
 
 
 @dataclass
@@ -107,6 +108,9 @@ class LanguageConfig:
     add_bos: bool = True
     eos_text: str = "\n"
     eos_token: bool = False
+    # a local tokenizer folder, as paddlenlp or Hugging Face write it (tokenizer_config.json + vocab
+    # files; for OPT: the Hugging Face checkpoint folder of Salesforce/blip2-opt-2.7b holds them)
+    tokenizer: str = ""
 
 
 @dataclass
@@ -134,6 +138,19 @@ class DecodeConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Prediction files and scoring (tools/predict.py, tools/eval.py, validation during training)."""
+
+    task: str = ""  # caption | vqa | report; "" = the task of Data.format (eval/evaluate.py FORMAT_TASKS)
+    postprocess: bool = True  # repetition removal on generated captions and reports (paper 000)
+    bertscore_model: str = ""  # a local folder of microsoft/deberta-xlarge-mnli; "" = BERTScore not computed
+    meteor: bool = True  # METEOR 1.5 (needs java; ~20 s to start)
+    batch_size: int = 8  # images per generation batch (and BERTScore batch)
+    output: str = ""  # the predictions file tools/predict.py writes (and tools/eval.py reads) by default
+    report_cleaning: str = ""  # iu_xray | mimic_cxr | none: R2Gen cleaning before report metrics; "" = Data.format's
+
+
+@dataclass
 class Config:
     """The whole experiment. Sections are added by the issues that need them."""
 
@@ -141,6 +158,7 @@ class Config:
     Data: DataConfig = field(default_factory=DataConfig)
     Model: ModelConfig = field(default_factory=ModelConfig)
     Decode: DecodeConfig = field(default_factory=DecodeConfig)
+    Eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------- reading files
