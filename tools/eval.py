@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg, args, predictions_path: Path) -> int:
     from paddle_medvl.data import load_records
     from paddle_medvl.eval.evaluate import eval_task, evaluate, references_from_records
-    from paddle_medvl.eval.formats import atomic_write, check_format, read_predictions
+    from paddle_medvl.atomic import atomic_write
+    from paddle_medvl.eval.formats import check_format, read_predictions
     from paddle_medvl.eval.metrics import format_table
 
     preds = read_predictions(predictions_path, args.format)

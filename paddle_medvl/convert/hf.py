@@ -22,7 +22,8 @@ import paddle
 from paddle import nn
 
 from ..config import LanguageConfig, ModelConfig, QFormerConfig, VisionConfig, to_dict
-from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, _atomic, _yaml, skeleton, weight_files
+from ..atomic import atomic_path, atomic_write
+from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, _yaml, skeleton, weight_files
 
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 
@@ -222,7 +223,8 @@ def convert(
                 return
             name = f"model-{len(shards) + 1:05d}.safetensors"
             data = pending
-            _atomic(out_dir / name, lambda tmp: save_file(data, str(tmp), metadata={"format": "paddle_medvl"}))
+            with atomic_path(out_dir / name) as tmp:
+                save_file(data, str(tmp), metadata={"format": "paddle_medvl"})
             shards.append({key: name for key in data})
             pending, size = {}, 0
 
@@ -246,6 +248,6 @@ def convert(
         (out_dir / next(iter(shards[0].values()))).replace(out_dir / WEIGHTS)
     else:
         weight_map = {k: v for shard in shards for k, v in shard.items()}
-        _atomic(out_dir / INDEX, lambda tmp: tmp.write_text(json.dumps({"weight_map": weight_map}, indent=1)))
-    _atomic(out_dir / CONFIG, lambda tmp: tmp.write_text(_yaml({"Model": to_dict(config)})))
+        atomic_write(out_dir / INDEX, lambda f: f.write(json.dumps({"weight_map": weight_map}, indent=1)))
+    atomic_write(out_dir / CONFIG, lambda f: f.write(_yaml({"Model": to_dict(config)})))
     return out_dir

@@ -57,8 +57,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TextIO
+from typing import Iterable, Sequence, TextIO
 
+from ..atomic import atomic_write
 from ..data.medvqa import ANSWER_SEPARATOR
 
 FORMATS = ("imageclef", "medvqa", "json", "csv")
@@ -128,27 +129,6 @@ class PredictionFile:
 
 
 # ---------------------------------------------------------------------------- shared
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[TextIO], None]) -> Path:
-    """Write a text file through ``write(f)`` into a temporary sibling, then rename it into place.
-
-    If ``write`` raises (or the process dies), the target keeps its previous content and the
-    temporary file is removed (or, after a crash, left under a hidden ``.name.PID.tmp`` name).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _read_text(path: Path) -> str:

@@ -26,6 +26,7 @@ from typing import Iterator, NamedTuple
 import paddle
 from paddle import Tensor, nn
 
+from ..atomic import atomic_path, atomic_write
 from ..config import ConfigError, DecodeConfig, ModelConfig, load_config, to_dict
 from ..data.collate import IGNORE_INDEX
 from ..workarounds import fix_frozen_layer_norms
@@ -172,8 +173,9 @@ class Blip2(nn.Layer):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
-        _atomic(folder / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "paddle_medvl"}))
-        _atomic(folder / CONFIG, lambda tmp: tmp.write_text(_yaml({"Model": to_dict(self.config)})))
+        with atomic_path(folder / WEIGHTS) as tmp:
+            save_file(state, str(tmp), metadata={"format": "paddle_medvl"})
+        atomic_write(folder / CONFIG, lambda f: f.write(_yaml({"Model": to_dict(self.config)})))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, config: ModelConfig | None = None) -> "Blip2":
@@ -250,13 +252,6 @@ def weight_files(folder: Path) -> list[Path]:
     if (folder / WEIGHTS).is_file():
         return [folder / WEIGHTS]
     raise FileNotFoundError(f"{folder}: neither {WEIGHTS} nor {INDEX} is there")
-
-
-def _atomic(path: Path, write) -> None:
-    """Write to a temporary sibling, then rename: a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 def _yaml(data: dict) -> str:

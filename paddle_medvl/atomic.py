@@ -1,0 +1,38 @@
+"""Atomic writes: a file appears complete under its name, or not at all.
+
+An interrupted run (a crash, SIGKILL, a full disk) must never leave a half-written checkpoint,
+prediction or metrics file where a complete one is expected, nor destroy the previous one.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, TextIO
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; renamed onto ``path`` only if the block succeeds.
+
+    If the block raises, the target keeps its previous content and the temporary file is removed
+    (after a crash it stays behind under a hidden ``.name.PID.tmp`` name).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # the data is on disk before the name points at it
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[TextIO], None]) -> Path:
+    """Write a UTF-8 text file through ``write(f)``, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        write(f)
+    return Path(path)
