@@ -32,6 +32,9 @@ NPU_PRESETS: dict[str, str] = {
 }
 # Ascend 910B only: its JIT op compile is slower than the prebuilt binary kernels.
 NPU_910B_PRESETS: dict[str, str] = {"FLAGS_npu_jit_compile": "0"}
+# The CPU: strided views send transposes and their gradients through a slow generic copy
+# (0.35 s of a 1.1 s BLIP-2 train step, bench/model_step.py); contiguous kernels give the same numbers.
+CPU_PRESETS: dict[str, str] = {"FLAGS_use_stride_kernel": "0"}
 # Any other custom device: the plugin kernels (and our test plugin) have no strided views.
 CUSTOM_PRESETS: dict[str, str] = {"FLAGS_use_stride_kernel": "0"}
 
@@ -181,7 +184,7 @@ def resolve_device(
     if dtype == "cpu":
         if index not in (None, 0):
             raise DeviceError(f"Global.device={spec!r}: the CPU has no index; use `cpu`")
-        return Device("cpu", None, False, "gloo", None, ())
+        return Device("cpu", None, False, "gloo", None, (), dict(CPU_PRESETS))
 
     if dtype == "gpu":
         if not probe.cuda_compiled():

@@ -32,7 +32,8 @@ Defects we avoid by design, so no code is needed (kept here so the list is in on
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import paddle
 import paddle.nn.functional as F
@@ -131,3 +132,24 @@ def fix_beam_search_inputs_embeds(model: nn.Layer) -> nn.Layer:
     """
     model.__dict__["expand_inputs_for_generation"] = expand_inputs_for_generation
     return model
+
+
+# ---------------------------------------------------------------------------- 3. safetensors without stride kernels
+
+
+@contextmanager
+def stride_kernels() -> Iterator[None]:
+    """Stride kernels on for the duration (to read safetensors files through their paddle frontend).
+
+    Defect (safetensors 0.8 with Paddle 3.3.1): ``safe_open(..., framework="paddle").get_tensor``
+    reinterprets bytes with ``view_dtype``, a kernel that exists only while
+    ``FLAGS_use_stride_kernel`` is on; our device presets turn that flag off (NPU plugins need it
+    off, and on CPU it is faster), and loading then fails with "(NotFound) ... view_dtype".
+    Remove when ``tests/test_workarounds.py::test_safetensors_needs_stride_kernels`` fails.
+    """
+    before = paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"]
+    paddle.set_flags({"FLAGS_use_stride_kernel": True})
+    try:
+        yield
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": before})

@@ -225,3 +225,13 @@ def test_bfloat16_checkpoint_converts(converted, tmp_path):
     reference, bf16 = load(converted, "float32"), load(out, "float32")
     for (name, a), (_, b) in zip(reference.state_dict().items(), bf16.state_dict().items()):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-2, atol=1e-2, err_msg=name)
+
+
+def test_loading_works_without_stride_kernels(converted):
+    """The device presets turn stride kernels off (NPU plugins need it; faster on CPU)."""
+    paddle.set_flags({"FLAGS_use_stride_kernel": False})
+    try:
+        model = load(converted, "float32")
+        assert model.query_tokens.shape == [1, 8, 32]
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": True})

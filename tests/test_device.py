@@ -174,6 +174,7 @@ def test_presets_per_device():
     plugin = resolve_device("medvl_cpu", environ={}, probe=PLUGIN)
     assert plugin.env_presets == {**CUSTOM_PRESETS, "PADDLE_XCCL_BACKEND": "medvl_cpu"}
     assert resolve_device("gpu", environ={}, probe=A100).env_presets == {}
+    assert resolve_device("cpu", environ={}, probe=CPU_BUILD).env_presets == {"FLAGS_use_stride_kernel": "0"}
 
 
 def test_presets_never_override_the_user():

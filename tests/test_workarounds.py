@@ -235,3 +235,24 @@ def test_paddlenlp_generate_semantics_defects_still_present(paddlenlp_opt, monke
     hyps = BeamHypotheses(num_beams=1, length_penalty=1.0, early_stopping=False)
     hyps.add(paddle.to_tensor([7, 8, 9]), -6.0, origin_len=0)  # 3 tokens, EOS not included
     assert hyps.beams[0][0] == pytest.approx(-6.0 / ((3 + 5) / 6))  # HF would give -6 / 4 (EOS counted)
+
+
+def test_safetensors_needs_stride_kernels(tmp_path):
+    """The defect: without stride kernels safetensors' paddle frontend cannot read a file. Our
+    loaders (Blip2.load_weights, the converter) switch them on around reading."""
+    from safetensors import safe_open
+    from safetensors.paddle import save_file
+
+    from paddle_medvl.workarounds import stride_kernels
+
+    save_file({"w": paddle.ones([2, 3])}, str(tmp_path / "w.safetensors"))
+    paddle.set_flags({"FLAGS_use_stride_kernel": False})
+    try:
+        with pytest.raises(Exception, match="view_dtype"):
+            with safe_open(str(tmp_path / "w.safetensors"), framework="paddle") as f:
+                f.get_tensor("w")
+        with stride_kernels(), safe_open(str(tmp_path / "w.safetensors"), framework="paddle") as f:
+            assert float(f.get_tensor("w").sum()) == 6.0
+        assert paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"] is False
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": True})

@@ -23,6 +23,7 @@ from paddle import nn
 
 from ..config import LanguageConfig, ModelConfig, QFormerConfig, VisionConfig, to_dict
 from ..atomic import atomic_path, atomic_write
+from ..workarounds import stride_kernels
 from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, _yaml, skeleton, weight_files
 
 DTYPES = ("keep", "float32", "float16", "bfloat16")
@@ -187,6 +188,7 @@ def convert(
         raise ConversionError(f"{config_path}: not found; a Hugging Face checkpoint folder has config.json + *.safetensors")
     hf_config = json.loads(config_path.read_text())
     with ExitStack() as stack:
+        stack.enter_context(stride_kernels())
         ckpt = Checkpoint(Checkpoint.files(hf_dir) + ([Path(qformer_text)] if qformer_text else []), stack)
         has_text = "qformer.embeddings.word_embeddings.weight" in ckpt.where
         config = translate_config(hf_config, qformer_text=has_text)

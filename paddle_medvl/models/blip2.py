@@ -29,7 +29,7 @@ from paddle import Tensor, nn
 from ..atomic import atomic_path, atomic_write
 from ..config import ConfigError, DecodeConfig, ModelConfig, load_config, to_dict
 from ..data.collate import IGNORE_INDEX
-from ..workarounds import fix_frozen_layer_norms
+from ..workarounds import fix_frozen_layer_norms, stride_kernels
 from .eva_vit import EvaViT
 from .language import build_language_model
 from .qformer import QFormer, create_query_tokens
@@ -208,6 +208,7 @@ class Blip2(nn.Layer):
         own = self.state_dict()
         files = weight_files(folder)
         with ExitStack() as stack:
+            stack.enter_context(stride_kernels())
             handles = [stack.enter_context(safe_open(str(path), framework="paddle")) for path in files]
             shape = {key: list(h.get_slice(key).get_shape()) for h in handles for key in h.keys()}
         missing = sorted(set(own) - set(shape))
@@ -226,7 +227,7 @@ class Blip2(nn.Layer):
             )
         # One file, one tensor at a time: the checkpoint is never held (or mapped) whole beside the model.
         for path in files:
-            with safe_open(str(path), framework="paddle") as handle:
+            with stride_kernels(), safe_open(str(path), framework="paddle") as handle:
                 for name in handle.keys():
                     own[name].set_value(handle.get_tensor(name).astype(own[name].dtype))
 
