@@ -329,8 +329,10 @@ def run_ours(spec: dict) -> dict:
     import paddle
 
     from paddle_medvl.config import DecodeConfig
+    from paddle_medvl.device import setup_device
     from paddle_medvl.models.blip2 import Blip2
 
+    setup_device("cpu")  # what tools/*.py do: the device presets (contiguous kernels on CPU)
     paddle.base.core.set_num_threads(THREADS)
     s, work = spec["shape"], Path(spec["work"])
     res: dict = {"framework": "ours", "env": environment(), "versions": {"paddle": paddle.__version__},
