@@ -26,11 +26,11 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "pydicom>=3"],
-        # Only for regenerating the parity fixtures; never needed to run the tests.
-        "parity": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "numpy"],
+        # No "parity" extra: the fixture generator needs transformers 5, whose huggingface_hub
+        # paddlenlp 2.8.1 cannot import; it has its own venv (tests/parity/requirements.txt).
         "dicom": ["pydicom>=3"],
         # BERTScore (the ImageCLEF caption metric) with a local model; transformers 4.46 is the
-        # newest that accepts paddlenlp's huggingface_hub<0.25 (so not installable beside [parity]).
+        # newest that accepts paddlenlp's huggingface_hub<0.25.
         "bertscore": ["torch==2.13.0", "bert-score==0.3.13", "transformers==4.46.3"],
     },
 )

@@ -35,10 +35,10 @@ trainable parts forward + 2x backward, the frozen LLM forward + 1x backward (inp
 the LM head counted at every position of the LLM input, as HF and paddlenlp compute it) divided by
 (median step time x that process's GEMM GFLOP/s).
 
-    python bench/model_step.py --hf-python /work/venv-hf/bin/python   # bench-small: ~2.5 min (more on retries)
-    python bench/model_step.py --quick --hf-python /work/venv-hf/bin/python   # smoke run, ~30 s
+    python bench/model_step.py --hf-python /path/to/hf-venv/bin/python   # bench-small: ~2.5 min (more on retries)
+    python bench/model_step.py --quick --hf-python /path/to/hf-venv/bin/python   # smoke run, ~30 s
     python bench/model_step.py --only ours --profile                       # where our step's time goes
-    python bench/model_step.py --hf-python /work/venv-hf/bin/python \
+    python bench/model_step.py --hf-python /path/to/hf-venv/bin/python \
         --env MKL_DEBUG_CPU_TYPE=5 --paddle-flag FLAGS_use_stride_kernel=0 --mallopt   # the proposed settings
 """
 from __future__ import annotations
@@ -732,7 +732,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed train steps (default 5; quick 2)")
     parser.add_argument("--warmup", type=int, help="untimed train steps first (default 2; quick 1)")
     parser.add_argument("--repeats", type=int, help="timed encoder / generation runs (default 3; quick 2)")
-    parser.add_argument("--hf-python", help="a Python with torch and transformers (e.g. /work/venv-hf/bin/python)")
+    parser.add_argument("--hf-python", help="a Python with torch and transformers (e.g. /path/to/hf-venv/bin/python)")
     parser.add_argument("--skip-paddlenlp", action="store_true")
     parser.add_argument("--only", choices=["ours", "paddlenlp", "hf"], action="append",
                         help="run only these frameworks (repeatable)")

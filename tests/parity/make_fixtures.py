@@ -2,7 +2,8 @@
 
 Run with the torch venv (the tests themselves never need torch):
 
-    /work/venv-hf/bin/python tests/parity/make_fixtures.py
+    python3 -m venv hf-venv && hf-venv/bin/pip install -r tests/parity/requirements.txt
+    hf-venv/bin/python tests/parity/make_fixtures.py
 
 A tiny random ``Blip2ForConditionalGeneration`` with an OPT LM is built, every weight redrawn
 at std 0.3 (so that a wrong transpose, bias or epsilon shows), and run in float64 and float32.
