@@ -10,73 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
+import sys
 import time
 from pathlib import Path
+
+# Shared measuring helpers (model_step.py imports nothing but the standard library at the top).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_step import CpuMonitor, environment, median, rss_mb, timed  # noqa: E402
 
 THREADS = 2
 PAD, BOS, EOS = 1, 2, 2
 LR, WEIGHT_DECAY = 1e-5, 0.05
 
 
-def median(xs):
-    return statistics.median(xs)
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def timed(fn, warmup, repeats, others=None):
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    monitor = CpuMonitor()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    if others is not None:
-        others.append(monitor.others())
-    return times, out
-
-
 def gemm(torch, others, size: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     times, _ = timed(lambda: float((a @ b)[0, 0]), 1, repeats, others)
     return 2 * size**3 / median(times) / 1e9
-
-
-class CpuMonitor:
-    """CPU time other processes used while this one ran, in cores (as in model_step.py)."""
-
-    def __init__(self) -> None:
-        self.start = self._snap()
-
-    @staticmethod
-    def _snap():
-        try:
-            fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-            busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            busy = float("nan")
-        t = os.times()
-        return time.perf_counter(), busy, t.user + t.system
-
-    def others(self) -> float:
-        now = self._snap()
-        wall = now[0] - self.start[0]
-        if wall < 1.0:  # /proc/stat counts in 10 ms ticks: shorter windows say nothing
-            return float("nan")
-        return max(0.0, ((now[1] - self.start[1]) - (now[2] - self.start[2])) / wall)
-
-
-def environment() -> dict:
-    keys = ("MKL_DEBUG_CPU_TYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_AFFINITY", "OMP_PROC_BIND",
-            "FLAGS_use_mkldnn", "MKL_ENABLE_INSTRUCTIONS", "LD_PRELOAD")
-    return {k: os.environ.get(k, "<unset>") for k in keys}
 
 
 def run(spec: dict) -> dict:
