@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Config, LanguageConfig, ModelConfig, QFormerConfig, load_config
+from .config import Config, LanguageConfig, ModelConfig, QFormerConfig
 from .data.collate import Collator, TextFormat
 
 # With Model.pretrained, the checkpoint's config.yaml is the model (its sizes, its LLM settings and
@@ -77,19 +77,9 @@ def resolve_model_config(model: ModelConfig) -> ModelConfig:
     checkpoint's). Idempotent."""
     if not model.pretrained:
         return model
-    folder = Path(model.pretrained)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"Model.pretrained: {folder} is not a folder. Download the Hugging Face checkpoint (e.g. "
-            "Salesforce/blip2-opt-2.7b: config.json + *.safetensors) on a machine with internet and convert "
-            f"it: python tools/convert_hf.py --hf DIR --out {folder}"
-        )
-    from .models.blip2 import CONFIG
+    from .models.blip2 import checkpoint_config
 
-    try:
-        resolved = load_config(folder / CONFIG).Model
-    except ConfigError as e:
-        raise ConfigError(f"Model.pretrained: {folder} is not a paddle_medvl checkpoint ({e})") from None
+    resolved = checkpoint_config(Path(model.pretrained))
     for name in RUNTIME_FIELDS:
         value = _get(model, name)
         if name.endswith("tokenizer") and not value:
