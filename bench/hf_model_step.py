@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 # Shared measuring helpers (model_step.py imports nothing but the standard library at the top).

@@ -7,7 +7,6 @@ same model: we feed ``input_ids[:, 8:]`` and prepend.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import replace
 from pathlib import Path

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import paddle
 from paddle import nn
