@@ -30,6 +30,7 @@ class GlobalConfig:
 
     device: str = "auto"  # auto | cpu | gpu[:N] | npu[:N] | <custom device type>[:N]
     seed: int = 42
+    resume: str = ""  # training: "" = start afresh | auto = the newest complete checkpoint in Train.output_dir | a checkpoint folder
 
 
 @dataclass
@@ -151,6 +152,52 @@ class EvalConfig:
 
 
 @dataclass
+class ParamGroupConfig:
+    """Trainable parameters whose names match one of ``patterns`` (regular expressions, ``re.match``
+    from the start of the name) get their own learning rate and weight decay."""
+
+    patterns: list[str] = field(default_factory=list)
+    lr: float | None = None  # None = Train.lr
+    weight_decay: float | None = None  # None = Train.weight_decay (biases and norms never decay)
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning (``tools/train.py``; the engine maps this onto paddlenlp's ``TrainingArguments``)."""
+
+    output_dir: str = "output"  # checkpoints (checkpoint-<step>/), final/ weights, VisualDL logs
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (instead of Train.epochs)
+    batch_size: int = 8  # per device; the global batch is batch_size x devices x grad_accum
+    grad_accum: int = 1
+    # Which parameters train: names matching a `trainable` pattern and no `frozen` pattern (regular
+    # expressions, re.match). Everything else is frozen (stop_gradient, no optimizer state).
+    trainable: list[str] = field(default_factory=lambda: [r"vision_model\.", r"query_tokens", r"qformer\.", r"language_projection\."])
+    frozen: list[str] = field(default_factory=list)
+    lr: float = 1e-5
+    weight_decay: float = 0.05  # AdamW's decoupled decay; never on biases and norm weights (parameters with ndim < 2)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    param_groups: list[ParamGroupConfig] = field(default_factory=list)  # the first group a parameter matches wins
+    schedule: str = "cosine"  # cosine | linear | constant, each after a linear warm-up from 0
+    warmup_steps: int = 0
+    min_lr: float = 0.0  # where cosine and linear end
+    max_grad_norm: float = 1.0  # global-norm clipping; 0 = off
+    amp: str = "auto"  # auto (the device's default: off on cpu) | off | float16 | bfloat16
+    amp_level: str = "O1"  # O1: matmuls in half precision, layer norms / softmax / the loss in float32
+    loss_scale: float = 32768.0  # float16's initial dynamic loss scale
+    log_steps: int = 10
+    eval_steps: int = 0  # validate every N steps; 0 = at the end of each epoch; < 0 = never
+    eval_samples: int = 64  # validation on the first N records of Data.val_split; 0 = all
+    save_steps: int = 0  # checkpoint every N steps; 0 = at the end of each epoch
+    keep_last: int = 2  # checkpoints kept besides the best one
+    best_metric: str = ""  # a validation metric (loss, BLEU-4, ROUGE-1, accuracy, ...): keep its best checkpoint; "" = none
+    save_frozen: bool = False  # checkpoints also hold frozen weights (otherwise they name Model.pretrained for them)
+    visualdl: bool = False  # VisualDL scalars under output_dir/visualdl
+    sharding: str = ""  # "" = data parallel | stage1 (optimizer states sharded) | stage2 (+ gradients), with fleet
+
+
+@dataclass
 class Config:
     """The whole experiment. Sections are added by the issues that need them."""
 
@@ -159,6 +206,7 @@ class Config:
     Model: ModelConfig = field(default_factory=ModelConfig)
     Decode: DecodeConfig = field(default_factory=DecodeConfig)
     Eval: EvalConfig = field(default_factory=EvalConfig)
+    Train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -259,6 +307,11 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
+    if dataclasses.is_dataclass(tp):  # e.g. the items of a list of sections
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+        source, _, dotted = where.rpartition(": ")
+        return _build(tp, value, _SameSource(source), f"{dotted}.")
     if tp is Any:
         return yaml.safe_load(value) if from_text and isinstance(value, str) else value
     if tp is bool:
@@ -290,6 +343,17 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
             return value
         raise ConfigError(f"{where}: expected a string, got {value!r} ({type(value).__name__}); quote it")
     raise ConfigError(f"{where}: unsupported config type {_type_name(tp)}")
+
+
+class _SameSource(dict):
+    """The origin map of a section that came as one value (a list item): every key is from ``source``."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def get(self, key: str, default: Any = None) -> str:
+        return self.source
 
 
 def _build(cls: type, data: dict, origin: dict, prefix: str = "") -> Any:

@@ -7,6 +7,10 @@ How a study's several views reach the model is ``Data.views``:
   vision encoder and Q-Former and concatenates their query outputs (V x 32 query tokens reach
   the LLM). All records must have the same number of views (fixed shapes).
 
+Training augmentation (random crop, optional flip) is drawn per sample from
+``(seed, epoch, record position)`` when the dataset has a seed: which worker decodes a sample, how
+many workers there are and where a run was resumed change nothing (``set_epoch`` before each epoch).
+
 An image that fails to decode mid-epoch is a :class:`DataError` naming the file and the record
 ID; with ``Data.on_error: skip`` the record is replaced by the next decodable one, and each skip
 is reported with its running count in that worker.
@@ -43,14 +47,21 @@ class RecordDataset(paddle.io.Dataset):
         self.views = cfg.views
         self.on_error = cfg.on_error
         self.transform = build_transform(cfg.image_size, train, tuple(cfg.crop_scale), cfg.hflip, seed)
+        self.seed = seed
+        self.epoch = 0
         self.skipped = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation ``__getitem__`` draws (a new loader iterator copies it to its workers)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _images(self, record: Record) -> np.ndarray:
+    def _images(self, record: Record, position: int) -> np.ndarray:
         paths = record.images[:1] if self.views == "first" else record.images
-        arrays = [self.transform(load_image(p, min_size=self.transform.min_decode_size, keep_gray=True)) for p in paths]
+        rng = None if self.seed is None else np.random.default_rng([self.seed, self.epoch, position])
+        arrays = [self.transform(load_image(p, min_size=self.transform.min_decode_size, keep_gray=True), rng) for p in paths]
         return arrays[0] if self.views == "first" else np.stack(arrays)
 
     def __getitem__(self, index: int) -> dict:
@@ -58,7 +69,7 @@ class RecordDataset(paddle.io.Dataset):
             position = (index + step) % len(self.records)  # with skips, the record actually returned
             record = self.records[position]
             try:
-                image = self._images(record)
+                image = self._images(record, position)
             except DataError as e:
                 if self.on_error != "skip":
                     raise DataError(f"{e} (record {record.id})") from None

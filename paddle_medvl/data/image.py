@@ -246,13 +246,15 @@ class ImageTransform:
         left, top = (width - w) // 2, (height - h) // 2
         return left, top, left + w, top + h
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
+    def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
+        """``rng``: this sample's own stream (``RecordDataset`` keys it by seed, epoch and position);
+        None = this transform's stream (see ``_rng``)."""
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB")
         size = (self.image_size, self.image_size)
         flip = False
         if self.train:
-            rng = self._rng()
+            rng = self._rng() if rng is None else rng
             box = self._crop_box(image.width, image.height, rng)
             image = image.resize(size, Image.Resampling.BICUBIC, box=box)
             flip = self.hflip and rng.random() < 0.5

@@ -20,6 +20,9 @@ Conventions:
   so it does not depend on ``n`` or on the other sets; files are written with fixed encoder
   settings, ordered keys and "\\n" line ends: the same seed gives the same bytes (on one
   machine and Pillow build; JPEG encoders differ between libjpeg builds).
+* Tokenizers: ``make_demo_data`` also trains the demo's tokenizers on the train-split texts of
+  the sets it wrote (``out_dir/tokenizers/{opt,bert}``, see ``demo_tokenizer.py``), so the demo
+  configs need no download for them either.
 """
 from __future__ import annotations
 
@@ -1171,12 +1174,18 @@ def make_demo_data(
     tasks: Sequence[str] = TASKS,
     overwrite: bool = False,
     progress: Progress | None = None,
+    tokenizers: bool = True,
 ) -> dict[str, Path]:
     """Write the demo sets under ``out_dir/<TASK_DIRS[task]>``; returns each task's root.
 
-    Each set is written to ``<root>.partial`` and renamed into place when complete, so an
-    interrupted run never leaves a half-written set under the final name.
+    With ``tokenizers`` (the default) the demo tokenizers, trained on the train-split texts of
+    these sets, go to ``out_dir/tokenizers/opt`` (the LLM's, GPT-2 byte-level BPE) and
+    ``out_dir/tokenizers/bert`` (the Q-Former's WordPiece); see ``demo_tokenizer.py``.
+    Each set, and the tokenizers folder, is written to ``<name>.partial`` and renamed into place
+    when complete, so an interrupted run never leaves a half-written one under the final name.
     """
+    from .demo_tokenizer import TOKENIZERS_DIR, demo_texts, write_demo_tokenizers
+
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     unknown = [t for t in tasks if t not in _WRITERS]
@@ -1185,7 +1194,9 @@ def make_demo_data(
     sizes = {"caption": n_caption, "rocov2": n_rocov2, "vqa": n_vqa, "iu": n_iu, "mimic": n_mimic}
     out = Path(out_dir)
     roots = {task: out / TASK_DIRS[task] for task in tasks}
-    existing = [str(root) for root in roots.values() if root.exists()]
+    tokenizer_root = out / TOKENIZERS_DIR
+    targets = [*roots.values(), *([tokenizer_root] if tokenizers else [])]
+    existing = [str(root) for root in targets if root.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"already there: {', '.join(existing)} (pass overwrite=True / --force to replace)")
     for task, root in roots.items():
@@ -1196,4 +1207,12 @@ def make_demo_data(
         if root.exists():
             shutil.rmtree(root)
         os.replace(partial, root)
+    if tokenizers:
+        partial = tokenizer_root.with_name(tokenizer_root.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        write_demo_tokenizers(partial, demo_texts(roots))
+        if tokenizer_root.exists():
+            shutil.rmtree(tokenizer_root)
+        os.replace(partial, tokenizer_root)
     return roots

@@ -17,11 +17,13 @@ query outputs are concatenated (V x Q tokens reach the LLM).
 """
 from __future__ import annotations
 
+import copy
 import json
+import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Collection, Iterator, NamedTuple
 
 import paddle
 from paddle import Tensor, nn
@@ -66,6 +68,15 @@ class Blip2(nn.Layer):
         self.language_model.train(mode)
         self.vision_model.train(mode)
         return self
+
+    def idle_parameters(self) -> list[str]:
+        """Parameters no configured loss reaches: the Q-Former's text embeddings, text feed-forward
+        branch and LM head when neither the concept loss nor an instruction gives it text (paper 000's
+        stage 2). Training leaves them frozen, so data parallelism meets no unused trainable parameter."""
+        if self.config.qformer.instruction or self.config.concept_loss_weight > 0:
+            return []
+        text = re.compile(r"qformer\.(embeddings\.|cls\.|encoder\.layer\.\d+\.(intermediate|output)\.)")
+        return [name for name, _ in self.named_parameters() if text.match(name)]
 
     # ------------------------------------------------------------------ image -> soft prompt
 
@@ -166,16 +177,25 @@ class Blip2(nn.Layer):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        """``config.yaml`` (the Model section) + ``model.safetensors``, each written atomically."""
+    def save_pretrained(self, folder: str | Path, names: Collection[str] | None = None, base: str | Path = "") -> None:
+        """``config.yaml`` (the Model section) + ``model.safetensors``, each written atomically.
+
+        ``names``/``base``: write only these tensors (e.g. the trainable ones) and name the checkpoint
+        folder that holds the rest as ``Model.pretrained``; loading reads the base first. A
+        fine-tuning checkpoint of a 3.8 B model is then the 1.1 B weights that changed.
+        """
         from safetensors.paddle import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.contiguous() for k, v in self.state_dict().items() if names is None or k in names}
+        config = copy.deepcopy(self.config)
+        config.pretrained = str(Path(base).resolve()) if names is not None and base else ""
+        if names is not None and not base and len(state) < len(self.state_dict()):
+            raise ValueError("a checkpoint of some tensors only needs the base checkpoint that holds the others")
         with atomic_path(folder / WEIGHTS) as tmp:
             save_file(state, str(tmp), metadata={"format": "paddle_medvl"})
-        atomic_write(folder / CONFIG, lambda f: f.write(_yaml({"Model": to_dict(self.config)})))
+        atomic_write(folder / CONFIG, lambda f: f.write(_yaml({"Model": to_dict(config)})))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, config: ModelConfig | None = None) -> "Blip2":
@@ -189,19 +209,21 @@ class Blip2(nn.Layer):
         model.load_weights(folder)
         return model
 
-    def load_weights(self, folder: str | Path) -> None:
-        """Load ``model.safetensors`` (or its shards) tensor by tensor; every parameter must be
-        there with its shape, checked before anything is loaded."""
+    def load_weights(self, folder: str | Path, only_own: bool = False) -> None:
+        """Load ``model.safetensors`` (or its shards) tensor by tensor, after the base checkpoints its
+        config names (``Model.pretrained``, see ``save_pretrained``); every parameter must be there
+        with its shape, checked before anything is loaded. ``only_own``: the bases are loaded
+        already; read this folder's tensors only."""
         from safetensors import safe_open
 
-        folder = Path(folder)
         own = self.state_dict()
-        files = weight_files(folder)
+        chain = [Path(folder)] if only_own else checkpoint_chain(Path(folder))
+        files = [path for base in chain for path in weight_files(base)]
         with ExitStack() as stack:
             stack.enter_context(stride_kernels())
             handles = [stack.enter_context(safe_open(str(path), framework="paddle")) for path in files]
             shape = {key: list(h.get_slice(key).get_shape()) for h in handles for key in h.keys()}
-        missing = sorted(set(own) - set(shape))
+        missing = [] if only_own else sorted(set(own) - set(shape))
         unexpected = sorted(set(shape) - set(own))
         mis_shaped = sorted(
             f"{k}: checkpoint {shape[k]} vs model {list(own[k].shape)}"
@@ -220,6 +242,19 @@ class Blip2(nn.Layer):
             with stride_kernels(), safe_open(str(path), framework="paddle") as handle:
                 for name in handle.keys():
                     own[name].set_value(handle.get_tensor(name).astype(own[name].dtype))
+
+
+def checkpoint_chain(folder: Path) -> list[Path]:
+    """``folder`` after the base checkpoints it builds on (its config's ``Model.pretrained``), base first."""
+    chain = [folder]
+    while True:
+        base = checkpoint_config(chain[0]).pretrained
+        if not base:
+            return chain
+        base_path = Path(base)
+        if base_path.resolve() in {p.resolve() for p in chain}:
+            raise ValueError(f"{folder}: checkpoints name each other as Model.pretrained: {base_path}")
+        chain.insert(0, base_path)
 
 
 def checkpoint_config(folder: Path) -> ModelConfig:

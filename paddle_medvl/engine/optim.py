@@ -1,0 +1,102 @@
+"""Which parameters train, with what learning rate and decay, on what schedule.
+
+* ``apply_trainable``: a parameter trains when its name matches a ``Train.trainable`` pattern and no
+  ``Train.frozen`` pattern (regular expressions, ``re.match``); every other one gets
+  ``stop_gradient=True`` and so no gradient and no optimizer state.
+* ``param_groups``: AdamW groups. A trainable parameter goes to the first ``Train.param_groups``
+  entry whose pattern it matches (its own lr and weight decay), else to the default group; biases and
+  norm weights (``ndim < 2``) never decay, as in LAVIS and BERT.
+* ``build_scheduler``: linear warm-up from 0, then cosine or linear down to ``min_lr``, or constant.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import paddle
+from paddle import nn
+
+from ..config import ConfigError, TrainConfig
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _compile(patterns: Sequence[str], key: str) -> list[re.Pattern]:
+    out = []
+    for pattern in patterns:
+        try:
+            out.append(re.compile(pattern))
+        except re.error as e:
+            raise ConfigError(f"{key}: {pattern!r} is not a regular expression: {e}") from None
+    return out
+
+
+def _matches(name: str, patterns: list[re.Pattern]) -> bool:
+    return any(p.match(name) for p in patterns)
+
+
+def apply_trainable(model: nn.Layer, train: TrainConfig, idle: Sequence[str] = ()) -> list[str]:
+    """Set ``stop_gradient`` on every parameter from the patterns; returns the trainable names.
+
+    ``idle``: parameters the configured losses never reach (e.g. the Q-Former's text head without the
+    concept loss); they stay frozen, so data parallelism finds no unused trainable parameter.
+    """
+    trainable = _compile(train.trainable, "Train.trainable")
+    frozen = _compile(train.frozen, "Train.frozen")
+    idle_set = set(idle)
+    names = []
+    for name, param in model.named_parameters():
+        on = _matches(name, trainable) and not _matches(name, frozen) and name not in idle_set
+        param.stop_gradient = not on
+        if on:
+            names.append(name)
+    if not names:
+        raise ConfigError(
+            f"Train.trainable {train.trainable} (minus Train.frozen {train.frozen}) matches no parameter of the model; "
+            f"names look like {', '.join(n for n, _ in list(model.named_parameters())[:3])}"
+        )
+    for i, pattern in enumerate(train.trainable):
+        if not any(trainable[i].match(n) for n, _ in model.named_parameters()):
+            raise ConfigError(f"Train.trainable: {pattern!r} matches no parameter of the model")
+    return names
+
+
+def param_groups(model: nn.Layer, train: TrainConfig) -> list[dict]:
+    """AdamW parameter groups of the trainable parameters (see the module docstring).
+
+    Paddle scales a group's ``learning_rate`` by the scheduler's value, so a group's lr is given as
+    its ratio to ``Train.lr``.
+    """
+    if train.lr <= 0:
+        raise ConfigError(f"Train.lr must be > 0, got {train.lr}")
+    groups = [(_compile(g.patterns, f"Train.param_groups[{i}].patterns"), g) for i, g in enumerate(train.param_groups)]
+    buckets: dict[tuple[int, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.stop_gradient:
+            continue
+        index = next((i for i, (patterns, _) in enumerate(groups) if _matches(name, patterns)), -1)
+        buckets.setdefault((index, param.ndim >= 2), []).append(param)
+    out = []
+    for (index, decays), params in sorted(buckets.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+        spec = groups[index][1] if index >= 0 else None
+        lr = spec.lr if spec is not None and spec.lr is not None else train.lr
+        decay = spec.weight_decay if spec is not None and spec.weight_decay is not None else train.weight_decay
+        out.append({"params": params, "learning_rate": lr / train.lr, "weight_decay": decay if decays else 0.0})
+    return out
+
+
+def build_scheduler(train: TrainConfig, total_steps: int) -> paddle.optimizer.lr.LRScheduler:
+    """Linear warm-up over ``warmup_steps`` from 0 to ``lr``, then ``schedule`` until ``total_steps``."""
+    if train.schedule not in SCHEDULES:
+        raise ConfigError(f"Train.schedule must be one of {', '.join(SCHEDULES)}, got {train.schedule!r}")
+    lr = paddle.optimizer.lr
+    decay_steps = max(total_steps - train.warmup_steps, 1)
+    if train.schedule == "cosine":
+        after = lr.CosineAnnealingDecay(train.lr, T_max=decay_steps, eta_min=train.min_lr)
+    elif train.schedule == "linear":
+        after = lr.PolynomialDecay(train.lr, decay_steps=decay_steps, end_lr=train.min_lr, power=1.0)
+    else:
+        after = train.lr
+    if train.warmup_steps <= 0:
+        return after if isinstance(after, lr.LRScheduler) else lr.LambdaDecay(after, lambda step: 1.0)
+    return lr.LinearWarmup(after, warmup_steps=train.warmup_steps, start_lr=0.0, end_lr=train.lr)
