@@ -43,6 +43,12 @@ def apply_trainable(model: nn.Layer, train: TrainConfig, idle: Sequence[str] = (
     """
     trainable = _compile(train.trainable, "Train.trainable")
     frozen = _compile(train.frozen, "Train.frozen")
+    all_names = [n for n, _ in model.named_parameters()]
+    for pattern, compiled in zip(train.trainable, trainable):
+        if not any(compiled.match(n) for n in all_names):
+            raise ConfigError(
+                f"Train.trainable: {pattern!r} matches no parameter of the model (names look like {', '.join(all_names[:3])})"
+            )
     idle_set = set(idle)
     names = []
     for name, param in model.named_parameters():
@@ -52,12 +58,8 @@ def apply_trainable(model: nn.Layer, train: TrainConfig, idle: Sequence[str] = (
             names.append(name)
     if not names:
         raise ConfigError(
-            f"Train.trainable {train.trainable} (minus Train.frozen {train.frozen}) matches no parameter of the model; "
-            f"names look like {', '.join(n for n, _ in list(model.named_parameters())[:3])}"
+            f"Train.trainable {train.trainable} minus Train.frozen {train.frozen} leaves no parameter to train"
         )
-    for i, pattern in enumerate(train.trainable):
-        if not any(trainable[i].match(n) for n, _ in model.named_parameters()):
-            raise ConfigError(f"Train.trainable: {pattern!r} matches no parameter of the model")
     return names
 
 

@@ -1,0 +1,231 @@
+"""The training engine end to end on a tiny BLIP-2 and synthetic captions: losses, freezing,
+optimizer state, exact resume after SIGKILL, kills during a checkpoint write, stage 1 -> stage 2,
+two-process launch on the CPU and on the test plugin device."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from paddle_medvl.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+TINY = {
+    "vision": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "mlp_dim": 64},
+    "qformer": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64, "num_query_tokens": 4,
+                "max_position_embeddings": 64},
+    "language": {"config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 64,
+                            "max_position_embeddings": 96, "initializer_range": 0.5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 1}},
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """Synthetic captions (32 px) with the demo tokenizers, and a base config for a tiny model."""
+    from paddle_medvl.data import demo_tokenizer as tok
+    from paddle_medvl.data.synthetic import make_demo_data
+
+    root = tmp_path_factory.mktemp("engine")
+    roots = make_demo_data(root / "data", seed=3, n_caption=30, image_size=32, tasks=["caption"])
+    model = json.loads(json.dumps(TINY))
+    model["qformer"].update(vocab_size=tok.DEMO_QFORMER_VOCAB, dec_token_id=tok.DEMO_DEC_TOKEN_ID,
+                            tokenizer=str(root / "data" / tok.TOKENIZERS_DIR / "bert"))
+    model["language"]["config"]["vocab_size"] = tok.DEMO_LLM_VOCAB
+    model["language"]["tokenizer"] = str(root / "data" / tok.TOKENIZERS_DIR / "opt")
+    model["concept_loss_weight"] = 1.0
+    base = {
+        "Global": {"device": "cpu", "seed": 5},
+        "Data": {"format": "imageclef_caption", "root": str(roots["caption"]), "prompt": "a photo of",
+                 "image_size": 32, "num_workers": 0, "max_prompt_len": 6, "max_target_len": 20},
+        "Model": model,
+        "Decode": {"num_beams": 1, "max_new_tokens": 16, "min_new_tokens": 1},
+        "Eval": {"batch_size": 8, "meteor": False},
+        "Train": {"output_dir": str(root / "unused"), "max_steps": 8, "batch_size": 4, "lr": 2e-3, "warmup_steps": 2,
+                  "log_steps": 2, "save_steps": 4, "eval_steps": -1, "keep_last": 3},
+    }
+    path = root / "stage1.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return root, path
+
+
+def run(args: list[str], env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """A Python subprocess in this checkout, with a clean environment (or ``env``, complete)."""
+    from conftest import clean_env
+
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
+                          env=env or clean_env(), cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def weights(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def train_in_process(config: Path, *overrides: str) -> dict:
+    from paddle_medvl.engine import train
+
+    return train(load_config(config, list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def straight(demo):
+    """8 steps uninterrupted (checkpoints at 4 and 8)."""
+    root, config = demo
+    out = root / "straight"
+    run(["tools/train.py", "-c", str(config), "-o", f"Train.output_dir={out}"])
+    return out
+
+
+def test_stage1_moves_both_losses_and_freezes_the_llm(demo, tmp_path):
+    """Both loss parts fall; the frozen LLM gets no gradient and no optimizer state; AdamW keeps exactly
+    two moments per trainable parameter."""
+    import paddle
+
+    from paddle_medvl.engine import trainer as engine_trainer
+
+    root, config = demo
+    seen = {}
+    original = engine_trainer.MedVLTrainer.create_optimizer
+
+    def spy(self, lr_scheduler=None):
+        seen["trainer"] = self
+        return original(self, lr_scheduler)
+
+    engine_trainer.MedVLTrainer.create_optimizer = spy
+    try:
+        summary = train_in_process(config, f"Train.output_dir={tmp_path}", "Train.max_steps=24", "Train.log_steps=4", "Train.lr=1e-2")
+    finally:
+        engine_trainer.MedVLTrainer.create_optimizer = original
+    trainer = seen["trainer"]
+    logs = [h for h in trainer.state.log_history if "caption_loss" in h]
+    assert logs[-1]["caption_loss"] < logs[0]["caption_loss"] - 0.3
+    assert logs[-1]["concept_loss"] < logs[0]["concept_loss"] - 0.3
+    model = trainer.model
+    llm = dict(model.language_model.named_parameters())
+    assert llm and all(p.stop_gradient and p.grad is None for p in llm.values())
+    trainable = [p for p in model.parameters() if not p.stop_gradient]
+    assert summary["trainable_parameters"] == sum(int(np.prod(p.shape)) for p in trainable)
+    state = trainer.optimizer.state_dict()
+    moments = {k: v for k, v in state.items() if isinstance(v, paddle.Tensor) and "moment" in k}
+    assert sum(int(np.prod(v.shape)) for v in moments.values()) == 2 * summary["trainable_parameters"]
+    assert len(moments) == 2 * len(trainable)
+    names_with_state = {k.rsplit("_moment", 1)[0] for k in moments}
+    assert not names_with_state & {p.name for p in llm.values()}
+
+
+def test_resume_after_sigkill_is_bit_exact(demo, straight, tmp_path):
+    """4 steps, SIGKILL right after checkpoint-4, resume: auto with 2 loader workers -> the same
+    bits as 8 steps straight with none."""
+    _, config = demo
+    out = tmp_path / "killed"
+    proc = run([str(SCRIPTS / "train_killed.py"), "after-save", "4", str(config), f"Train.output_dir={out}"], check=False)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert (out / "checkpoint-4").is_dir() and not (out / "final").exists()
+    proc = run(["tools/train.py", "-c", str(config), "-o", f"Train.output_dir={out}", "Global.resume=auto",
+                "Data.num_workers=2"])
+    assert "resuming from" in proc.stdout
+    a, b = weights(straight / "final"), weights(out / "final")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    steps = [json.loads((d / "trainer_state.json").read_text())["global_step"] for d in (straight / "checkpoint-8", out / "checkpoint-8")]
+    assert steps == [8, 8]
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one(demo, straight, tmp_path):
+    from paddle_medvl.engine import checkpoint as ckpt
+    from paddle_medvl.models.blip2 import Blip2
+
+    _, config = demo
+    out = tmp_path / "torn"
+    proc = run([str(SCRIPTS / "train_killed.py"), "during-save", "8", str(config), f"Train.output_dir={out}"], check=False)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert (out / ".tmp-checkpoint-8" / "model.safetensors").is_file()  # torn: weights written, the rest not
+    assert not (out / "checkpoint-8").exists()
+    assert ckpt.latest(out) == out / "checkpoint-4"
+    Blip2.from_pretrained(out / "checkpoint-4")  # complete and loadable
+    run(["tools/train.py", "-c", str(config), "-o", f"Train.output_dir={out}", "Global.resume=auto"])
+    assert not (out / ".tmp-checkpoint-8").exists()
+    a, b = weights(straight / "final"), weights(out / "final")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_keep_last_and_best(demo, tmp_path):
+    """keep_last 1 + best by validation loss: the newest checkpoint and the best one survive."""
+    from paddle_medvl.engine import checkpoint as ckpt
+
+    _, config = demo
+    summary = train_in_process(config, f"Train.output_dir={tmp_path}", "Train.max_steps=12", "Train.save_steps=2",
+                               "Train.eval_steps=2", "Train.eval_samples=4", "Train.keep_last=1", "Train.best_metric=loss")
+    kept = ckpt.checkpoints(tmp_path)
+    best = Path(summary["best_checkpoint"])
+    assert kept[-1] == tmp_path / "checkpoint-12"
+    assert set(kept) == {best, tmp_path / "checkpoint-12"}
+    assert summary["validation"]["eval_loss"] >= summary["best_metric"]
+    assert {"eval_BLEU-4", "eval_ROUGE-1", "eval_CIDEr-D"} <= set(summary["validation"])
+
+
+def test_stage2_starts_from_stage1_and_trains_caption_loss_only(demo, straight, tmp_path):
+    """Stage 2 names stage 1's final weights as Model.pretrained: it starts there, logs no concept loss,
+    leaves the Q-Former text head alone, and its checkpoints hold only what it trains."""
+    from paddle_medvl.models.blip2 import Blip2
+
+    _, config = demo
+    summary = train_in_process(config, f"Train.output_dir={tmp_path}", f"Model.pretrained={straight / 'final'}",
+                               "Model.concept_loss_weight=0.0", "Train.max_steps=4", "Train.lr=1e-3")
+    history = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    losses = [h for h in history if "caption_loss" in h]
+    assert losses and not any("concept_loss" in h for h in history)
+    before, after = weights(straight / "final"), weights(tmp_path / "final")
+    assert set(after) < set(before)  # only the trained tensors, on top of stage 1's
+    assert not any(k.startswith(("language_model.", "qformer.cls.")) for k in after)
+    assert any(not np.array_equal(after[k], before[k]) for k in after)
+    model = Blip2.from_pretrained(tmp_path / "final")  # stage 1 first, then stage 2's tensors
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    assert np.array_equal(state["qformer.cls.predictions.bias"], before["qformer.cls.predictions.bias"])
+    assert np.array_equal(state["language_projection.weight"], after["language_projection.weight"])
+    assert summary["trainable_parameters"] < sum(v.size for k, v in before.items() if not k.startswith("language_model."))
+
+
+def test_bad_train_config_errors(demo, tmp_path):
+    from paddle_medvl.config import ConfigError
+
+    _, config = demo
+    with pytest.raises(ConfigError, match="Train.trainable: 'visual_model' matches no parameter"):
+        train_in_process(config, f"Train.output_dir={tmp_path}", "Train.trainable=[visual_model]")
+    with pytest.raises(ConfigError, match="Train.schedule must be one of"):
+        train_in_process(config, f"Train.output_dir={tmp_path}", "Train.schedule=cosin")
+    with pytest.raises(ConfigError, match="Global.resume: .* is not a complete checkpoint"):
+        train_in_process(config, f"Train.output_dir={tmp_path}", f"Global.resume={tmp_path}")
+
+
+@pytest.mark.parametrize("device", ["cpu", "medvl_cpu"])
+def test_two_process_launch(demo, tmp_path, device, request):
+    """paddle.distributed.launch with 2 ranks (gloo on the CPU, xccl on the plugin): both ranks end with
+    the same parameters, and the run checkpoints and finishes."""
+    _, config = demo
+    env = request.getfixturevalue("medvl_plugin").env if device != "cpu" else None
+    out = tmp_path / "out"
+    log_dir = tmp_path / "log"
+    devices = ["--nproc_per_node", "2"] if device == "cpu" else ["--devices", "0,1"]
+    try:
+        run(["-m", "paddle.distributed.launch", *devices, "--log_dir", str(log_dir),
+             str(SCRIPTS / "dp_train.py"), str(config), f"Global.device={device}", f"Train.output_dir={out}",
+             "Train.max_steps=4", "Train.batch_size=2", "Train.eval_steps=0", "Train.eval_samples=6"], env=env)
+    except AssertionError as err:
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(log_dir.glob("workerlog.*")))
+        raise AssertionError(f"{err}\n{logs}") from None
+    sums = [np.load(tmp_path / "out" / f"params_rank{r}.npy") for r in (0, 1)]
+    assert np.array_equal(sums[0], sums[1])
+    assert (out / "checkpoint-4" / "trainer_state.json").is_file()
+    assert (out / "final" / "model.safetensors").is_file()
