@@ -4,9 +4,9 @@ Shared by ``tools/predict.py``, ``tools/eval.py`` and training, so that all of t
 config the same way:
 
     cfg.Model = resolve_model_config(cfg.Model)   # the checkpoint's architecture, this run's settings
-    tokenizer = build_tokenizer(cfg.Model.language)
+    tokenizer, qformer_tokenizer = build_tokenizers(cfg.Model, training=True)
     model = build_model(cfg.Model)                 # Model.pretrained, or random weights
-    collate = build_collator(cfg, tokenizer)
+    collate = build_collator(cfg, tokenizer, qformer_tokenizer)
 
 Nothing is downloaded: tokenizers and checkpoints are local folders, and a missing one is an error
 that says where to get it.
@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import Config, LanguageConfig, ModelConfig, QFormerConfig
 from .data.collate import Collator, TextFormat
+from .models.language import NO_LLM
 
 # With Model.pretrained, the checkpoint's config.yaml is the model (its sizes, its LLM settings and
 # how that LLM wants its text); only these run-time settings come from the experiment's config.
@@ -74,7 +75,8 @@ def _set(obj: Any, dotted: str, value: Any) -> None:
 def resolve_model_config(model: ModelConfig) -> ModelConfig:
     """The model this run builds: ``model`` itself, or with ``Model.pretrained`` the checkpoint's
     config.yaml with this config's ``RUNTIME_FIELDS`` (a tokenizer path left empty here keeps the
-    checkpoint's). Idempotent."""
+    checkpoint's), and without its LLM when this config says ``Model.language.architecture: none``.
+    Idempotent."""
     if not model.pretrained:
         return model
     from .models.blip2 import checkpoint_config
@@ -85,6 +87,8 @@ def resolve_model_config(model: ModelConfig) -> ModelConfig:
         if name.endswith("tokenizer") and not value:
             continue
         _set(resolved, name, copy.deepcopy(value))
+    if model.language.architecture == NO_LLM:
+        resolved.language = copy.deepcopy(model.language)
     resolved.pretrained = model.pretrained
     return resolved
 
@@ -156,9 +160,24 @@ def build_qformer_tokenizer(qformer: QFormerConfig):
     )
 
 
+def build_tokenizers(model: ModelConfig, training: bool = False) -> tuple[Any, Any]:
+    """(text tokenizer, Q-Former tokenizer or None). The text tokenizer is the LLM's, or with no LLM the
+    Q-Former's; the Q-Former's is built when the Q-Former reads text: an instruction, no LLM, or (in
+    training) the concept loss."""
+    no_llm = model.language.architecture == NO_LLM
+    qformer_text = model.qformer.instruction or no_llm or (training and model.concept_loss_weight > 0)
+    qformer_tokenizer = build_qformer_tokenizer(model.qformer) if qformer_text else None
+    if no_llm:
+        return qformer_tokenizer, qformer_tokenizer
+    return build_tokenizer(model.language), qformer_tokenizer
+
+
 def generation_token_ids(tokenizer, language: LanguageConfig) -> tuple[int, int]:
     """(eos, pad) for ``generate``: the token that ends a target (``eos_text``, e.g. OPT's "\\n" as in
-    BLIP-2, or the tokenizer's eos with ``eos_token``) and the tokenizer's pad."""
+    BLIP-2, or the tokenizer's eos with ``eos_token``; with no LLM, the Q-Former tokenizer's [SEP]) and
+    the tokenizer's pad."""
+    if language.architecture == NO_LLM:
+        return int(tokenizer.sep_token_id), int(tokenizer.pad_token_id)
     if language.eos_token or not language.eos_text:
         eos = tokenizer.eos_token_id
         if eos is None:
@@ -178,22 +197,26 @@ def generation_token_ids(tokenizer, language: LanguageConfig) -> tuple[int, int]
 
 
 def text_format(language: LanguageConfig) -> TextFormat:
-    """How the LLM wants its text. Decoder-only (OPT); encoder-decoder LLMs set this when they are added."""
+    """How the LLM wants its text. Decoder-only (OPT); encoder-decoder LLMs set this when they are added.
+    With no LLM the LLM fields of a batch go unused: plain text."""
+    if language.architecture == NO_LLM:
+        return TextFormat(decoder_only=True)
     return TextFormat(decoder_only=True, add_bos=language.add_bos, eos_text=language.eos_text, eos_token=language.eos_token)
 
 
 def build_collator(cfg: Config, tokenizer, qformer_tokenizer=None) -> Collator:
     """Fixed-length batches (``Data.max_prompt_len``, ``Data.max_target_len``). With a Q-Former tokenizer
     the Q-Former also gets text: the prompt (InstructBLIP's instruction, ``Model.qformer.instruction``)
-    or else the concept sentence (paper 000's concept loss)."""
+    or else the concept sentence (paper 000's concept loss), or with no LLM the caption itself."""
     if cfg.Model.qformer.instruction and qformer_tokenizer is None:
         raise BuildError("Model.qformer.instruction: the Q-Former reads the instruction, so it needs its tokenizer (Model.qformer.tokenizer)")
     kwargs: dict[str, Any] = {}
     if qformer_tokenizer is not None:
         instruction = cfg.Model.qformer.instruction
+        field_name = "prompt" if instruction else "target" if cfg.Model.language.architecture == NO_LLM else "concept_sentence"
         kwargs = dict(
             qformer_tokenizer=qformer_tokenizer,
-            qformer_field="prompt" if instruction else "concept_sentence",
+            qformer_field=field_name,
             max_qformer_len=cfg.Data.max_prompt_len if instruction else cfg.Data.max_target_len,
         )
     return Collator(tokenizer, text_format(cfg.Model.language), cfg.Data.max_prompt_len, cfg.Data.max_target_len, **kwargs)

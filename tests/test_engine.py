@@ -229,3 +229,25 @@ def test_two_process_launch(demo, tmp_path, device, request):
     assert np.array_equal(sums[0], sums[1])
     assert (out / "checkpoint-4" / "trainer_state.json").is_file()
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_qformer_only_ablation(demo, straight, tmp_path):
+    """Table 3's "ViT-g Q-Former" row: no LLM; the Q-Former's text decoder learns the captions and writes
+    them. Starting from a full checkpoint, its LLM weights are left out."""
+    from paddle_medvl.models.blip2 import Blip2
+
+    _, config = demo
+    summary = train_in_process(config, f"Train.output_dir={tmp_path}", "Model.language.architecture=none",
+                               "Model.concept_loss_weight=0.0", f"Model.pretrained={straight / 'final'}",
+                               "Train.trainable=[vision_model, query_tokens, qformer]", "Train.max_steps=16", "Train.lr=3e-3", "Train.eval_steps=16", "Train.eval_samples=6",
+                               "Train.log_steps=4")
+    history = json.loads((tmp_path / "checkpoint-16" / "trainer_state.json").read_text())["log_history"]
+    losses = [h["caption_loss"] for h in history if "caption_loss" in h]
+    assert losses[-1] < losses[0] - 0.3
+    assert "eval_BLEU-4" in summary["validation"]
+    saved = weights(tmp_path / "final")
+    assert saved and not any(k.startswith("language_") for k in saved)
+    model = Blip2.from_pretrained(tmp_path / "final")  # stage-1 weights minus the LLM, then these
+    assert model.language_model is None
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    assert np.array_equal(state["qformer.cls.predictions.bias"], saved["qformer.cls.predictions.bias"])

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg, args, out: Path) -> int:
     import paddle
 
-    from paddle_medvl.build import build_model, build_qformer_tokenizer, build_tokenizer, resolve_model_config
+    from paddle_medvl.build import build_model, build_tokenizers, resolve_model_config
     from paddle_medvl.data import load_records
     from paddle_medvl.device import setup_device
     from paddle_medvl.eval.evaluate import eval_task, generate_predictions
@@ -110,8 +110,7 @@ def run(cfg, args, out: Path) -> int:
     setup_device(cfg.Global.device)
     paddle.seed(cfg.Global.seed)
     cfg.Model = resolve_model_config(cfg.Model)
-    tokenizer = build_tokenizer(cfg.Model.language)
-    qformer_tokenizer = build_qformer_tokenizer(cfg.Model.qformer) if cfg.Model.qformer.instruction else None
+    tokenizer, qformer_tokenizer = build_tokenizers(cfg.Model)
     model = build_model(cfg.Model)
     predictions = generate_predictions(model, tokenizer, records, cfg, task=task, qformer_tokenizer=qformer_tokenizer)
 

@@ -31,7 +31,7 @@ def train(cfg: Config) -> dict:
     from paddlenlp.trainer.trainer_callback import PrinterCallback, ProgressCallback
     from paddlenlp.utils.log import logger as nlp_logger
 
-    from ..build import build_collator, build_model, build_qformer_tokenizer, build_tokenizer, resolve_model_config
+    from ..build import build_collator, build_model, build_tokenizers, resolve_model_config
     from ..data import load_records
     from ..data.dataset import RecordDataset
     from ..device import setup_device
@@ -52,9 +52,7 @@ def train(cfg: Config) -> dict:
     np.random.seed(cfg.Global.seed)
     random.seed(cfg.Global.seed)
     cfg.Model = resolve_model_config(cfg.Model)
-    tokenizer = build_tokenizer(cfg.Model.language)
-    needs_qformer_text = cfg.Model.qformer.instruction or cfg.Model.concept_loss_weight > 0
-    qformer_tokenizer = build_qformer_tokenizer(cfg.Model.qformer) if needs_qformer_text else None
+    tokenizer, qformer_tokenizer = build_tokenizers(cfg.Model, training=True)
     model = build_model(cfg.Model)
     trainable = apply_trainable(model, cfg.Train, idle=model.idle_parameters())
 

@@ -14,6 +14,10 @@ Losses (paper 000):
 
 A study's several views ([B, V, 3, H, W]) each go through the ViT and the Q-Former; their
 query outputs are concatenated (V x Q tokens reach the LLM).
+
+Without an LLM (``Model.language.architecture: none``, paper 000's Table 3 "ViT-g Q-Former" row)
+the Q-Former's own text decoder writes the caption: the caption loss is its language-modelling
+loss on the caption (in the Q-Former's tokenizer), and ``generate`` decodes with it.
 """
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ from ..config import ConfigError, DecodeConfig, ModelConfig, load_config, to_dic
 from ..data.collate import IGNORE_INDEX
 from ..workarounds import fix_frozen_layer_norms, stride_kernels
 from .eva_vit import EvaViT
-from .language import build_language_model
-from .qformer import QFormer, create_query_tokens
+from . import decoding
+from .language import NO_LLM, build_language_model
+from .qformer import QFormer, TextDecoder, create_query_tokens
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -57,15 +62,20 @@ class Blip2(nn.Layer):
         self.vision_model = EvaViT(config.vision)
         self.query_tokens = create_query_tokens(config.qformer)
         self.qformer = QFormer(config.qformer, config.vision.hidden_size)
-        self.language_model = build_language_model(config.language)
-        self.language_projection = nn.Linear(config.qformer.hidden_size, self.language_model.embed_dim)
+        if config.language.architecture == NO_LLM:
+            _check_qformer_only(config)
+            self.language_model = self.language_projection = None
+        else:
+            self.language_model = build_language_model(config.language)
+            self.language_projection = nn.Linear(config.qformer.hidden_size, self.language_model.embed_dim)
         fix_frozen_layer_norms(self)  # any part may be frozen later, by pattern
 
     def train(self, mode: bool = True) -> "Blip2":
         """Paddle's ``train()`` sets every sublayer's flag directly; the frozen LLM (and a frozen
         ViT) must stay in eval mode, so their own ``train`` has the last word."""
         super().train(mode)
-        self.language_model.train(mode)
+        if self.language_model is not None:
+            self.language_model.train(mode)
         self.vision_model.train(mode)
         return self
 
@@ -73,7 +83,7 @@ class Blip2(nn.Layer):
         """Parameters no configured loss reaches: the Q-Former's text embeddings, text feed-forward
         branch and LM head when neither the concept loss nor an instruction gives it text (paper 000's
         stage 2). Training leaves them frozen, so data parallelism meets no unused trainable parameter."""
-        if self.config.qformer.instruction or self.config.concept_loss_weight > 0:
+        if self.language_model is None or self.config.qformer.instruction or self.config.concept_loss_weight > 0:
             return []
         text = re.compile(r"qformer\.(embeddings\.|cls\.|encoder\.layer\.\d+\.(intermediate|output)\.)")
         return [name for name, _ in self.named_parameters() if text.match(name)]
@@ -123,6 +133,8 @@ class Blip2(nn.Layer):
         Q-Former takes one (InstructBLIP), else the concept sentence for the concept loss.
         """
         image, views = self._image_features(pixel_values)
+        if self.language_model is None:
+            return self._qformer_caption_loss(image, views, qformer_ids, qformer_mask, return_logits)
         concept = None
         if qformer_ids is not None and views > 1:
             qformer_ids = qformer_ids.repeat_interleave(views, axis=0)
@@ -152,6 +164,16 @@ class Blip2(nn.Layer):
             loss = loss + self.config.concept_loss_weight * concept
         return Blip2Output(loss, caption, concept, out.logits)
 
+    def _qformer_caption_loss(self, image: Tensor, views: int, ids: Tensor | None, mask: Tensor | None,
+                              return_logits: bool) -> Blip2Output:
+        """No LLM: the caption loss is the Q-Former text decoder's, on the caption in its tokenizer."""
+        if ids is None or views > 1:
+            raise ValueError("a model without an LLM needs the caption in the Q-Former's tokenizer (qformer_ids, "
+                             "build.build_collator does it) and one view per sample")
+        _, logits = self.qformer.forward_text(self.query_tokens, image, ids, mask)
+        caption = self.qformer.text_loss(logits, ids, mask)
+        return Blip2Output(self.config.caption_loss_weight * caption, caption, None, logits if return_logits else None)
+
     # ------------------------------------------------------------------ inference
 
     @paddle.no_grad()
@@ -166,7 +188,13 @@ class Blip2(nn.Layer):
         instruction_ids: Tensor | None = None,
         instruction_mask: Tensor | None = None,
     ) -> Tensor:
-        """New token ids [B, T] for each image, conditioned on its (left-padded) prompt."""
+        """New token ids [B, T] for each image, conditioned on its (left-padded) prompt (with no LLM:
+        the Q-Former's text decoder, which takes no prompt)."""
+        if self.language_model is None:
+            image, _ = self._image_features(pixel_values)
+            return decoding.generate(TextDecoder(self.qformer, self.query_tokens), image,
+                                     paddle.ones(image.shape[:2], dtype="int64"), **asdict(decode),
+                                     eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         prefix = self.encode_images(pixel_values, instruction_ids, instruction_mask)
         batch, prefix_len = prefix.shape[0], prefix.shape[1]
         embeds = paddle.concat([prefix, self.language_model.embed(prompt_ids)], axis=1)
@@ -209,6 +237,10 @@ class Blip2(nn.Layer):
         model.load_weights(folder)
         return model
 
+    def _drops(self, key: str) -> bool:
+        """Checkpoint tensors this model has no place for by design: the LLM's when it has none."""
+        return self.language_model is None and key.startswith(("language_model.", "language_projection."))
+
     def load_weights(self, folder: str | Path, only_own: bool = False) -> None:
         """Load ``model.safetensors`` (or its shards) tensor by tensor, after the base checkpoints its
         config names (``Model.pretrained``, see ``save_pretrained``); every parameter must be there
@@ -222,7 +254,7 @@ class Blip2(nn.Layer):
         with ExitStack() as stack:
             stack.enter_context(stride_kernels())
             handles = [stack.enter_context(safe_open(str(path), framework="paddle")) for path in files]
-            shape = {key: list(h.get_slice(key).get_shape()) for h in handles for key in h.keys()}
+            shape = {key: list(h.get_slice(key).get_shape()) for h in handles for key in h.keys() if not self._drops(key)}
         missing = [] if only_own else sorted(set(own) - set(shape))
         unexpected = sorted(set(shape) - set(own))
         mis_shaped = sorted(
@@ -240,8 +272,16 @@ class Blip2(nn.Layer):
         # One file, one tensor at a time: the checkpoint is never held (or mapped) whole beside the model.
         for path in files:
             with stride_kernels(), safe_open(str(path), framework="paddle") as handle:
-                for name in handle.keys():
+                for name in (k for k in handle.keys() if not self._drops(k)):
                     own[name].set_value(handle.get_tensor(name).astype(own[name].dtype))
+
+
+def _check_qformer_only(config: ModelConfig) -> None:
+    if not config.qformer.text or config.qformer.instruction or config.concept_loss_weight > 0:
+        raise ConfigError(
+            "Model.language.architecture=none: the Q-Former's text decoder writes the caption, so it needs "
+            "Model.qformer.text=true, no instruction input and no separate concept loss (concept_loss_weight 0)"
+        )
 
 
 def checkpoint_chain(folder: Path) -> list[Path]:

@@ -62,6 +62,9 @@ if TYPE_CHECKING:  # paddlenlp takes seconds to import: only when a model is bui
 _DTYPES = ("float32", "float16", "bfloat16", "float64")  # float64: exact parity checks
 
 
+NO_LLM = "none"  # Model.language.architecture of a BLIP-2 without an LLM (the Q-Former writes the text)
+
+
 class LanguageConfigError(ValueError):
     """LLM settings that cannot be built; the message names the key and where it came from."""
 

@@ -354,3 +354,29 @@ class QFormer(nn.Layer):
         [DEC] never a target, mean over the target tokens, ``config.label_smoothing`` applied."""
         labels = paddle.where(text_mask.astype("bool"), text_ids, paddle.full_like(text_ids, IGNORE_INDEX))
         return causal_lm_loss(logits, labels, self.config.label_smoothing)
+
+
+class TextDecoder:
+    """The Q-Former's image-grounded text decoder as a stepper for ``models/decoding.py``: [DEC], then
+    one token per step. No cache: each step reruns the (small) Q-Former over queries + text so far."""
+
+    def __init__(self, qformer: QFormer, query_tokens: paddle.Tensor) -> None:
+        qformer._need("text", "the text decoder")
+        self.qformer, self.query_tokens = qformer, query_tokens
+
+    def _logits(self, image: paddle.Tensor, ids: paddle.Tensor) -> paddle.Tensor:
+        _, logits = self.qformer.forward_text(self.query_tokens, image, ids, paddle.ones_like(ids))
+        return logits[:, -1]
+
+    def _prefill(self, image: paddle.Tensor, mask: paddle.Tensor) -> tuple[paddle.Tensor, tuple]:
+        ids = paddle.full([image.shape[0], 1], self.qformer.config.dec_token_id, dtype="int64")
+        return self._logits(image, ids), (image, ids)
+
+    def _step(self, tokens: paddle.Tensor, state: tuple) -> tuple[paddle.Tensor, tuple]:
+        image, ids = state
+        ids = paddle.concat([ids, tokens.unsqueeze(-1).astype("int64")], axis=1)
+        return self._logits(image, ids), (image, ids)
+
+    def _reorder(self, state: tuple, rows: paddle.Tensor) -> tuple:
+        image, ids = state
+        return paddle.gather(image, rows), paddle.gather(ids, rows)
