@@ -72,9 +72,16 @@ def weights(folder: Path) -> dict[str, np.ndarray]:
 
 
 def train_in_process(config: Path, *overrides: str) -> dict:
+    """``engine.train`` here; the device presets it applies (process-wide flags) are undone after."""
+    import paddle
+
     from paddle_medvl.engine import train
 
-    return train(load_config(config, list(overrides)))
+    flags = paddle.get_flags(["FLAGS_use_stride_kernel"])
+    try:
+        return train(load_config(config, list(overrides)))
+    finally:
+        paddle.set_flags(flags)
 
 
 @pytest.fixture(scope="module")
