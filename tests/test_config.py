@@ -132,4 +132,4 @@ def test_command_line_habit(tmp_path):
     parser = add_config_args(argparse.ArgumentParser())
     args = parser.parse_args(["-c", str(leaf), "-o", "Global.seed=7", "-o", "Global.device=gpu:1"])
     cfg = load_config(args.config, args.override)
-    assert to_dict(cfg)["Global"] == {"device": "gpu:1", "seed": 7}
+    assert to_dict(cfg)["Global"] == {"device": "gpu:1", "seed": 7, "resume": ""}
