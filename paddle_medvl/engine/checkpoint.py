@@ -65,6 +65,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def temporary(final: str | Path) -> Path:
+    """Where ``write_folder`` fills ``final`` before renaming it."""
+    final = Path(final)
+    return final.with_name(TMP_PREFIX + final.name)
+
+
 def write_folder(final: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` to fill a temporary sibling folder, then rename it to ``final``.
 
@@ -72,7 +78,7 @@ def write_folder(final: str | Path, write: Callable[[Path], None]) -> Path:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(TMP_PREFIX + final.name)
+    tmp = temporary(final)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()

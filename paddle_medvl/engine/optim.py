@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import paddle
 from paddle import nn
@@ -85,6 +85,27 @@ def param_groups(model: nn.Layer, train: TrainConfig) -> list[dict]:
         decay = spec.weight_decay if spec is not None and spec.weight_decay is not None else train.weight_decay
         out.append({"params": params, "learning_rate": lr / train.lr, "weight_decay": decay if decays else 0.0})
     return out
+
+
+def flat_parameters(groups: list[dict], weight_decay: float) -> tuple[list, Any]:
+    """The groups as one parameter list, for optimizers that take no groups (Paddle's sharding
+    optimizers): each group's lr ratio goes on its parameters (``optimize_attr``, which Paddle's
+    optimizers read per parameter), and decay becomes on/off per parameter name. So a group may have
+    its own lr but, as weight decay, only ``Train.weight_decay`` or 0; returns (parameters, the
+    ``apply_decay_param_fun`` for AdamW)."""
+    params, decayed = [], set()
+    for group in groups:
+        if group["weight_decay"] not in (0.0, weight_decay):
+            raise ConfigError(
+                f"Train.sharding: Paddle's sharding optimizer takes no parameter groups, so a group's weight decay "
+                f"can only be Train.weight_decay ({weight_decay}) or 0, not {group['weight_decay']}"
+            )
+        for param in group["params"]:
+            param.optimize_attr["learning_rate"] = group["learning_rate"]
+            if group["weight_decay"]:
+                decayed.add(param.name)
+            params.append(param)
+    return params, decayed.__contains__
 
 
 def build_scheduler(train: TrainConfig, total_steps: int) -> paddle.optimizer.lr.LRScheduler:
