@@ -71,17 +71,20 @@ def weights(folder: Path) -> dict[str, np.ndarray]:
     return load_file(str(folder / "model.safetensors"))
 
 
-def train_in_process(config: Path, *overrides: str) -> dict:
-    """``engine.train`` here; the device presets it applies (process-wide flags) are undone after."""
+@pytest.fixture(autouse=True)
+def _restore_flags():
+    """In-process training applies the device presets (process-wide flags): undo them after each test."""
     import paddle
 
+    flags = paddle.get_flags(["FLAGS_use_stride_kernel"])
+    yield
+    paddle.set_flags(flags)
+
+
+def train_in_process(config: Path, *overrides: str) -> dict:
     from paddle_medvl.engine import train
 
-    flags = paddle.get_flags(["FLAGS_use_stride_kernel"])
-    try:
-        return train(load_config(config, list(overrides)))
-    finally:
-        paddle.set_flags(flags)
+    return train(load_config(config, list(overrides)))
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +288,111 @@ def test_sharding_stage1_checkpoints_every_shard_and_resumes_exactly(demo, tmp_p
     launch(resumed, "Global.resume=auto")
     a, b = weights(straight / "final"), weights(resumed / "final")
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def test_amp_comes_from_the_device(demo):
+    """Train.amp auto: the device layer's default (float16 + loss scaling on a 910A, bfloat16 on a 910B, off on
+    the CPU); a dtype the device cannot do is refused before anything is built."""
+    from paddle_medvl.device import Device, DeviceError
+    from paddle_medvl.engine.trainer import AMP_BLACK_LIST, training_arguments
+
+    _, config = demo
+    cfg = load_config(config)
+    npu_910a = Device("npu", 0, True, "xccl", "float16", ("float16",))
+    npu_910b = Device("npu", 0, True, "xccl", "float16", ("float16", "bfloat16"))
+    cpu = Device("cpu", None, False, "gloo", None, ())
+    args = training_arguments(cfg, npu_910a, npu_910a.check_amp_dtype("auto"))
+    assert (args.fp16, args.bf16, args.fp16_opt_level, args.scale_loss) == (True, False, "O1", 32768.0)
+    assert args.amp_custom_black_list == AMP_BLACK_LIST == ["cross_entropy_with_softmax"]
+    args = training_arguments(cfg, npu_910b, npu_910b.check_amp_dtype("bfloat16"))
+    assert (args.fp16, args.bf16) == (False, True)
+    args = training_arguments(cfg, cpu, cpu.check_amp_dtype("auto"))
+    assert not args.fp16 and not args.bf16
+    with pytest.raises(DeviceError, match="bfloat16.*not supported"):
+        npu_910a.check_amp_dtype("bfloat16")
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    from paddle_medvl.config import TrainConfig
+    from paddle_medvl.engine.optim import build_scheduler
+
+    def values(**kw):
+        scheduler = build_scheduler(TrainConfig(lr=1e-3, **kw), total_steps=10)
+        out = []
+        for _ in range(10):
+            out.append(scheduler.get_lr())
+            scheduler.step()
+        return np.array(out)
+
+    cosine = values(warmup_steps=4, min_lr=1e-4)
+    np.testing.assert_allclose(cosine[:5], [0, 2.5e-4, 5e-4, 7.5e-4, 1e-3], rtol=1e-6)
+    np.testing.assert_allclose(cosine[4:], 1e-4 + 0.45e-3 * (1 + np.cos(np.pi * np.arange(6) / 6)), rtol=1e-6)
+    linear = values(warmup_steps=0, schedule="linear")
+    np.testing.assert_allclose(linear, 1e-3 * (1 - np.arange(10) / 10), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(values(warmup_steps=2, schedule="constant"), [0, 5e-4] + [1e-3] * 8, rtol=1e-6)
+
+
+def test_param_groups_set_lr_and_decay_by_pattern():
+    """The first matching group's lr (as a ratio to Train.lr) and decay; never decay on biases/norms."""
+    import paddle
+
+    from paddle_medvl.config import ParamGroupConfig, TrainConfig
+    from paddle_medvl.engine.optim import apply_trainable, flat_parameters, param_groups
+
+    class Net(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.qformer = paddle.nn.Linear(4, 4)
+            self.vision = paddle.nn.Sequential(paddle.nn.Linear(4, 4), paddle.nn.LayerNorm(4))
+            self.frozen = paddle.nn.Linear(4, 4)
+
+    net = Net()
+    train = TrainConfig(lr=1e-4, weight_decay=0.05, trainable=["qformer", "vision"],
+                        param_groups=[ParamGroupConfig(patterns=[r"qformer\."], lr=5e-4, weight_decay=0.01)])
+    names = apply_trainable(net, train)
+    assert sorted(names) == ["qformer.bias", "qformer.weight", "vision.0.bias", "vision.0.weight", "vision.1.bias", "vision.1.weight"]
+    assert net.frozen.weight.stop_gradient
+    groups = {(g["learning_rate"], g["weight_decay"]): sorted(p.shape == [4, 4] for p in g["params"]) for g in param_groups(net, train)}
+    assert groups == {(5.0, 0.01): [True], (5.0, 0.0): [False], (1.0, 0.05): [True], (1.0, 0.0): [False, False, False]}
+    from paddle_medvl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="can only be Train.weight_decay"):
+        flat_parameters(param_groups(net, train), train.weight_decay)
+    train.param_groups[0].weight_decay = None
+    params, decays = flat_parameters(param_groups(net, train), train.weight_decay)
+    assert net.qformer.weight.optimize_attr["learning_rate"] == 5.0 and decays(net.qformer.weight.name)
+    assert not decays(net.qformer.bias.name) and len(params) == 6
+
+
+def test_recipes_hold_the_papers_values_and_need_the_checkpoint(tmp_path):
+    """configs/caption: paper 000's values; run without the converted checkpoint they say how to make it."""
+    from paddle_medvl.engine import train as run_training
+
+    recipes = {p.stem: load_config(p) for p in sorted((REPO / "configs").rglob("*.yaml"))}
+    s1, s2 = recipes["blip2_opt2.7b_stage1"], recipes["blip2_opt2.7b_stage2"]
+    assert (s1.Data.image_size, s1.Data.max_target_len, s1.Train.lr, s1.Train.weight_decay, s1.Train.warmup_steps) == (364, 128, 1e-5, 0.05, 1000)
+    assert (s1.Train.epochs, s2.Train.epochs, s1.Train.batch_size * 8) == (50, 20, 16)
+    assert (s1.Model.concept_loss_weight, s2.Model.concept_loss_weight) == (1.0, 0.0)
+    assert s2.Model.pretrained == s1.Train.output_dir + "/final"
+    assert not any(p.startswith("language_model") for p in s1.Train.trainable)
+    assert recipes["ablation_224px_stage1"].Data.image_size == 224
+    assert recipes["ablation_qformer_only"].Model.language.architecture == "none"
+    s1.Train.output_dir = str(tmp_path)
+    s1.Global.device = "cpu"
+    with pytest.raises(FileNotFoundError, match="convert_hf.py"):
+        run_training(s1)
+
+
+def test_visualdl_logs(demo, tmp_path):
+    from visualdl import LogReader
+
+    _, config = demo
+    train_in_process(config, f"Train.output_dir={tmp_path}", "Train.max_steps=4", "Train.visualdl=true")
+    files = list((tmp_path / "visualdl").glob("vdlrecords.*"))
+    assert files
+    reader = LogReader(file_path=str(files[0]))
+    losses = reader.get_data("scalar", "train/loss")
+    assert [r.id for r in losses] == [2, 4] and all(np.isfinite(r.value) for r in losses)
