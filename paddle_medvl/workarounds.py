@@ -29,6 +29,13 @@ Defects we avoid by design, so no code is needed (kept here so the list is in on
   counted ones. ``models/language.py`` divides the summed loss by the number of label tokens.
 - Paddle 3.3.1 on CPU has no float16/bfloat16 kernels for matmul, softmax or layer_norm: an LLM held
   in half precision runs only on devices that have them.
+- paddlenlp 2.8.1's ``VisualDLCallback`` (``report_to: visualdl``) crashes at the start of training with
+  visualdl 2.5.3: it logs the training arguments as hparams and visualdl's protobuf refuses booleans
+  ("Expected an int, got a boolean"). ``engine/trainer.py``'s ``LogLines`` writes the scalars itself.
+- paddlenlp 2.8.1's ``Trainer`` restores the RNG state only after skipping batches inside an epoch, so a
+  run resumed at an epoch boundary continues with a fresh RNG; ``engine/trainer.py`` restores it on load.
+- Paddle 3.3.1's ``DygraphShardingOptimizer`` (fleet sharding stage 1) takes no parameter groups;
+  ``engine/optim.flat_parameters`` puts each group's lr on its parameters instead.
 """
 from __future__ import annotations
 

@@ -152,6 +152,41 @@ def test_resume_after_sigkill_is_bit_exact(demo, straight, tmp_path):
     assert steps == [8, 8]
 
 
+def test_resume_at_an_epoch_boundary_restores_the_rng(demo, tmp_path, monkeypatch):
+    """A checkpoint at the end of an epoch (24 records / batch 4 = 6 steps) resumes exactly. paddlenlp's loop
+    restores the RNG only after skipping batches inside an epoch (the defect): without our own restore
+    on load, the resumed run's dropout differs."""
+    import shutil
+
+    from paddle_medvl.engine import trainer as engine_trainer
+
+    _, config = demo
+    common = ["Train.max_steps=8", "Train.save_steps=6"]
+    straight = tmp_path / "straight"
+    train_in_process(config, f"Train.output_dir={straight}", *common)
+
+    def resume(name: str) -> dict:
+        out = tmp_path / name
+        out.mkdir()
+        shutil.copytree(straight / "checkpoint-6", out / "checkpoint-6")
+        train_in_process(config, f"Train.output_dir={out}", *common, "Global.resume=auto")
+        return weights(out / "final")
+
+    a = weights(straight / "final")
+    assert all(np.array_equal(a[k], v) for k, v in resume("ours").items())
+    def weights_only(self, resume_from_checkpoint=None):  # our load, minus the RNG restore
+        if resume_from_checkpoint:
+            self.model.load_weights(Path(resume_from_checkpoint))
+
+    original = engine_trainer.MedVLTrainer._load_rng_state
+    calls = []
+    monkeypatch.setattr(engine_trainer.MedVLTrainer, "_load_from_checkpoint", weights_only)
+    monkeypatch.setattr(engine_trainer.MedVLTrainer, "_load_rng_state", lambda self, c: calls.append(c) or original(self, c))
+    b = resume("paddlenlp_only")
+    assert not calls  # paddlenlp's own loop never restored it
+    assert any(not np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_kill_during_checkpoint_write_keeps_the_previous_one(demo, straight, tmp_path):
     from paddle_medvl.engine import checkpoint as ckpt
     from paddle_medvl.models.blip2 import Blip2

@@ -256,3 +256,17 @@ def test_safetensors_needs_stride_kernels(tmp_path):
         assert paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"] is False
     finally:
         paddle.set_flags({"FLAGS_use_stride_kernel": True})
+
+
+def test_paddlenlp_visualdl_callback_defect_still_present(tmp_path):
+    """paddlenlp's VisualDL callback cannot start with visualdl 2.5.3 (bool hparams); our LogLines
+    writes VisualDL scalars instead (tests/test_engine.py::test_visualdl_logs). If this fails, the
+    callback works: ``report_to: visualdl`` could replace LogLines' writer."""
+    from paddlenlp.trainer import TrainingArguments
+    from paddlenlp.trainer.integrations import VisualDLCallback
+    from paddlenlp.trainer.trainer_callback import TrainerControl, TrainerState
+
+    args = TrainingArguments(output_dir=str(tmp_path), logging_dir=str(tmp_path / "vdl"), report_to=[])
+    with pytest.raises(TypeError, match="Expected an int, got a boolean"):
+        VisualDLCallback().on_train_begin(args, TrainerState(is_world_process_zero=True), TrainerControl())
+

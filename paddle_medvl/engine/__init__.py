@@ -26,7 +26,18 @@ def resume_folder(cfg: Config) -> Path | None:
 
 
 def train(cfg: Config) -> dict:
-    """Fine-tune as the config says; returns (and writes to ``output_dir/summary.json``) the summary."""
+    """Fine-tune as the config says; returns (and writes to ``output_dir/summary.json``) the summary.
+
+    Runs under a fresh ``unique_name`` scope: parameter and optimizer-state names key the optimizer's
+    checkpoint, so they must not depend on what this process built before (a second run in a notebook).
+    """
+    import paddle
+
+    with paddle.utils.unique_name.guard():
+        return _train(cfg)
+
+
+def _train(cfg: Config) -> dict:
     import paddle
     from paddlenlp.trainer.trainer_callback import PrinterCallback, ProgressCallback
     from paddlenlp.utils.log import logger as nlp_logger
