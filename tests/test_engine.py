@@ -65,6 +65,15 @@ def run(args: list[str], env: dict | None = None, check: bool = True) -> subproc
     return proc
 
 
+def launch(devices: list[str], log_dir: Path, script: str, *args: str, env: dict | None = None) -> None:
+    """``paddle.distributed.launch`` over 2 ranks; on failure the ranks' logs are in the message."""
+    try:
+        run(["-m", "paddle.distributed.launch", *devices, "--log_dir", str(log_dir), script, *args], env=env)
+    except AssertionError as err:
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(log_dir.glob("workerlog.*")))
+        raise AssertionError(f"{err}\n{logs}") from None
+
+
 def weights(folder: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
@@ -262,16 +271,10 @@ def test_two_process_launch(demo, tmp_path, device, request):
     _, config = demo
     env = request.getfixturevalue("medvl_plugin").env if device != "cpu" else None
     out = tmp_path / "out"
-    log_dir = tmp_path / "log"
     devices = ["--nproc_per_node", "2"] if device == "cpu" else ["--devices", "0,1"]
-    try:
-        run(["-m", "paddle.distributed.launch", *devices, "--log_dir", str(log_dir),
-             str(SCRIPTS / "dp_train.py"), str(config), f"Global.device={device}", f"Train.output_dir={out}",
-             "Train.max_steps=4", "Train.batch_size=2", "Train.eval_steps=0", "Train.eval_samples=6",
-             *(["Model.vision.recompute=true", "Model.qformer.recompute=true"] if device == "cpu" else [])], env=env)
-    except AssertionError as err:
-        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(log_dir.glob("workerlog.*")))
-        raise AssertionError(f"{err}\n{logs}") from None
+    launch(devices, tmp_path / "log", str(SCRIPTS / "dp_train.py"), str(config), f"Global.device={device}",
+           f"Train.output_dir={out}", "Train.max_steps=4", "Train.batch_size=2", "Train.eval_steps=0", "Train.eval_samples=6",
+           *(["Model.vision.recompute=true", "Model.qformer.recompute=true"] if device == "cpu" else []), env=env)
     sums = [np.load(tmp_path / "out" / f"params_rank{r}.npy") for r in (0, 1)]
     assert np.array_equal(sums[0], sums[1])
     assert (out / "checkpoint-4" / "trainer_state.json").is_file()
@@ -308,21 +311,16 @@ def test_sharding_stage1_checkpoints_every_shard_and_resumes_exactly(demo, tmp_p
     _, config = demo
     common = ["Train.max_steps=4", "Train.save_steps=2", "Train.batch_size=2", "Train.sharding=stage1"]
 
-    def launch(out: Path, *extra: str) -> None:
-        log_dir = tmp_path / f"log-{out.name}"
-        try:
-            run(["-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(log_dir), "tools/train.py",
-                 "-c", str(config), "-o", f"Train.output_dir={out}", *common, *extra])
-        except AssertionError as err:
-            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(log_dir.glob("workerlog.*")))
-            raise AssertionError(f"{err}\n{logs}") from None
+    def train_on_two(out: Path, *extra: str) -> None:
+        launch(["--nproc_per_node", "2"], tmp_path / f"log-{out.name}", "tools/train.py", "-c", str(config),
+               "-o", f"Train.output_dir={out}", *common, *extra)
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    launch(straight)
+    train_on_two(straight)
     assert {p.name for p in (straight / "checkpoint-2").glob("optimizer*")} == {"optimizer.shard00.pdopt", "optimizer.shard01.pdopt"}
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
-    launch(resumed, "Global.resume=auto")
+    train_on_two(resumed, "Global.resume=auto")
     a, b = weights(straight / "final"), weights(resumed / "final")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
