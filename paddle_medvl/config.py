@@ -187,7 +187,7 @@ class TrainConfig:
     amp_level: str = "O1"  # O1: matmuls in half precision, layer norms / softmax / the loss in float32
     loss_scale: float = 32768.0  # float16's initial dynamic loss scale
     log_steps: int = 10
-    eval_steps: int = 0  # validate every N steps; 0 = at the end of each epoch; < 0 = never
+    eval_steps: int = 0  # validate every N steps; 0 = at the end of each epoch; < 0 = only once training ends (Data.val_split "" = never)
     eval_samples: int = 64  # validation on the first N records of Data.val_split; 0 = all
     save_steps: int = 0  # checkpoint every N steps; 0 = at the end of each epoch
     keep_last: int = 2  # checkpoints kept besides the best one

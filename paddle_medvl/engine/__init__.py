@@ -69,7 +69,7 @@ def _train(cfg: Config) -> dict:
 
     records = load_records(cfg.Data, cfg.Data.train_split)
     val_records = []
-    if cfg.Train.eval_steps >= 0 and cfg.Data.val_split:
+    if cfg.Data.val_split:
         val_records = load_records(cfg.Data, cfg.Data.val_split)
         val_records = val_records[: cfg.Train.eval_samples] if cfg.Train.eval_samples > 0 else val_records
     dataset = RecordDataset(records, cfg.Data, train=True, seed=cfg.Global.seed)
