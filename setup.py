@@ -23,6 +23,7 @@ setup(
         "nltk",
         "rouge-score",
         "pycocoevalcap",
+        "tokenizers",  # trains the demo's tokenizers offline (paddle_medvl/data/demo_tokenizer.py)
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "pydicom>=3"],

@@ -156,6 +156,71 @@ def test_an_interrupted_run_leaves_no_set_under_the_final_name(tmp_path: Path) -
         syn.write_medvqa_gi(roots["vqa"], n=1, image_size=96)
 
 
+# ----------------------------------------------------------------------------- demo tokenizers
+
+
+def _caption_texts(root: Path, split: str) -> tuple[list[str], list[str]]:
+    """(captions, concept sentences) of one split, from the files."""
+    names = dict(read_tsv(root / "ImageCLEFmedical_Caption_2023_cui_mapping.csv"))
+    captions = [c for _, c in read_tsv(root / f"ImageCLEFmedical_Caption_2023_caption_prediction_{split}_labels.csv")[1:]]
+    concepts = read_tsv(root / f"ImageCLEFmedical_Caption_2023_concept_detection_{split}_labels.csv")[1:]
+    sentences = [f"The image shows {', '.join(names[c] for c in cuis.split(';'))}." for _, cuis in concepts]
+    return captions, sentences
+
+
+def test_demo_tokenizers_load_round_trip_and_are_deterministic(tmp_path: Path) -> None:
+    from paddle_medvl.build import build_qformer_tokenizer, build_tokenizer, generation_token_ids
+    from paddle_medvl.config import LanguageConfig, QFormerConfig
+    from paddle_medvl.data import demo_tokenizer as dt
+
+    kwargs = dict(seed=4, n_caption=30, tasks=["caption"], image_size=32)  # caption-only generation
+    roots = syn.make_demo_data(tmp_path / "a", **kwargs)
+    syn.make_demo_data(tmp_path / "b", **kwargs)
+    folders = {name: tmp_path / "a" / dt.TOKENIZERS_DIR / name for name in (dt.LLM_DIR, dt.BERT_DIR)}
+    again = all_files(tmp_path / "b" / dt.TOKENIZERS_DIR)
+    assert again == all_files(tmp_path / "a" / dt.TOKENIZERS_DIR) and len(again) == 7, "same seed, same bytes"
+    assert not (tmp_path / "a" / (dt.TOKENIZERS_DIR + ".partial")).exists()
+
+    tok = build_tokenizer(LanguageConfig(tokenizer=str(folders[dt.LLM_DIR])))
+    assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id, tok.unk_token_id) == (0, 1, 1, 2)
+    assert len(json.loads((folders[dt.LLM_DIR] / "vocab.json").read_text(encoding="utf-8"))) == dt.DEMO_LLM_VOCAB == len(tok)
+    assert len(tok("\n", add_special_tokens=False)["input_ids"]) == 1  # BLIP-2 OPT targets end with "\n"
+    assert generation_token_ids(tok, LanguageConfig(eos_text="\n")) == (tok("\n")["input_ids"][0], 0)
+    sentence = "Axial MRI of the brain showing a small faint lesion in the left upper zone."
+    ids = tok(sentence, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == sentence and len(ids) == len(sentence.split()) + 1  # one token a word, and "."
+    captions, sentences = _caption_texts(roots["caption"], "valid")  # not trained on; same words
+    for caption in captions:
+        ids = tok(caption + "\n", add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == caption + "\n" and len(ids) <= len(caption.split()) + 2, caption
+
+    bert = build_qformer_tokenizer(QFormerConfig(tokenizer=str(folders[dt.BERT_DIR])))
+    vocab = (folders[dt.BERT_DIR] / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    assert len(vocab) - 1 == dt.DEMO_BERT_VOCAB == len(bert) and dt.DEMO_DEC_TOKEN_ID == dt.DEMO_QFORMER_VOCAB - 1
+    assert (bert.pad_token_id, bert.unk_token_id, bert.cls_token_id, bert.sep_token_id) == (0, 1, 2, 3)
+    for text in sentences + captions:
+        tokens = bert.convert_ids_to_tokens(bert(text)["input_ids"])
+        assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "[UNK]" not in tokens, text
+        assert bert.convert_tokens_to_string(tokens[1:-1]).replace(" ", "") == text.lower().replace(" ", "")
+        assert not any(t.startswith("##") for t in tokens), f"a word split into pieces: {tokens}"
+
+
+def test_demo_tokenizers_cover_every_set_in_their_fixed_sizes(sets: dict[str, syn.SyntheticSet], tmp_path: Path) -> None:
+    from paddle_medvl.data import demo_tokenizer as dt
+
+    texts = dt.demo_texts({task: s.root for task, s in sets.items()})
+    assert any("Problems:" in t for t in texts) and any("Symptoms of existence" in t for t in texts)
+    assert any("The image shows" in t for t in texts) and "What color is the abnormality?" in texts
+    tokens, merges = dt.train_byte_level_bpe(texts)
+    assert len(tokens) == dt.DEMO_LLM_VOCAB and tokens[:3] == list(dt.LLM_SPECIALS) and merges
+    assert tokens[-1].startswith("<unused"), "the BPE ran out of room before every word became one token"
+    words = dt.train_wordpiece(texts)
+    assert len(words) == dt.DEMO_BERT_VOCAB and words[:5] == list(dt.BERT_SPECIALS)
+    assert words == dt.train_wordpiece(list(texts)), "WordPiece training must not depend on hash order"
+    with pytest.raises(ValueError, match="no texts"):
+        dt.write_demo_tokenizers(tmp_path / "empty", ["", "  "])
+
+
 # ----------------------------------------------------------------------------- formats
 
 

@@ -4,6 +4,8 @@
     python tools/make_demo_data.py --out /tmp/demo --seed 1 --tasks caption,vqa --n 50 --n vqa=120
 
 Each set lands in ``OUT/<set>/`` only once complete (it is written to ``<set>.partial`` first).
+The demo tokenizers, trained on the train-split texts of the sets written, land in
+``OUT/tokenizers/opt`` (Model.language.tokenizer) and ``OUT/tokenizers/bert`` (Model.qformer.tokenizer).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from paddle_medvl.data.demo_tokenizer import BERT_DIR, DEMO_BERT_VOCAB, DEMO_LLM_VOCAB, LLM_DIR, TOKENIZERS_DIR
 from paddle_medvl.data.synthetic import DEFAULT_SIZES, TASKS, make_demo_data
 
 
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
     parser.add_argument("--n", action="append", default=[], metavar="[TASK=]N", help="samples per set (repeatable)")
     parser.add_argument("--image-size", type=int, default=224, help="image side in pixels (default 224)")
-    parser.add_argument("--force", action="store_true", help="replace sets that already exist")
+    parser.add_argument("--force", action="store_true", help="replace sets (and tokenizers) that already exist")
+    parser.add_argument("--no-tokenizers", action="store_true", help="do not train the demo tokenizers")
     args = parser.parse_args(argv)
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks=tasks,
             overwrite=args.force,
             progress=progress,
+            tokenizers=not args.no_tokenizers,
         )
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -82,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         files = [p for p in root.rglob("*") if p.is_file()]
         megabytes = sum(p.stat().st_size for p in files) / 1e6
         print(f"  {task:<8} {sizes[task]:>5} samples  {len(files):>5} files  {megabytes:6.1f} MB  {root}")
+    if not args.no_tokenizers:
+        folder = args.out / TOKENIZERS_DIR
+        print(f"tokenizers trained on the train-split texts:\n"
+              f"  LLM (GPT-2 byte-level BPE, {DEMO_LLM_VOCAB} tokens)   {folder / LLM_DIR}\n"
+              f"  Q-Former (BERT WordPiece, {DEMO_BERT_VOCAB} tokens)  {folder / BERT_DIR}")
     return 0
 
 
