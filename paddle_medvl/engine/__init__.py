@@ -91,7 +91,8 @@ def _train(cfg: Config) -> dict:
             f"[train] {len(records)} training records, {len(val_records)} for validation; "
             f"{n_train:,} of {n_all:,} parameters train; {size} process(es), global batch "
             f"{cfg.Train.batch_size * size * cfg.Train.grad_accum}; AMP {amp or 'off'}"
-            + (f"; resuming from {resume}" if resume else ""),
+            + (f"; resuming from {resume}" if resume else "; Global.resume=auto: no checkpoint yet, starting afresh"
+               if cfg.Global.resume else ""),
             flush=True,
         )
 
