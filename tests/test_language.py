@@ -170,7 +170,7 @@ def test_gradients_through_the_frozen_llm_are_right(lm, batch):
 
 def test_frozen_and_always_in_eval(lm, batch):
     embeds, mask = batch
-    assert all(p.stop_gradient for p in lm.parameters()) and lm.trainable is False
+    assert all(p.stop_gradient for p in lm.parameters())
     assert lm.train() is lm and not any(layer.training for layer in lm.sublayers(include_self=True))
     parent = nn.Sequential(lm)
     parent.train()  # sets every sublayer's flag directly, dropout (p=0.1 here) included

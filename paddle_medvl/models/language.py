@@ -12,7 +12,8 @@ built from paddlenlp's blocks so that parameter names are paddlenlp's own:
 
 What every class guarantees:
 
-- Frozen: every parameter has ``stop_gradient=True`` and the model runs in eval mode whenever it is
+- Frozen as built (``Train.trainable`` may unfreeze it, as the demo does for its random tiny LLM):
+  every parameter has ``stop_gradient=True`` and the model runs in eval mode whenever it is
   called, whatever ``train()`` was called on it or on a parent (Paddle's ``Layer.train()`` sets the
   ``training`` flag of every sublayer directly, so overriding ``train`` alone would not be enough).
   Gradients still flow to ``inputs_embeds``, right ones thanks to ``workarounds.fix_frozen_layer_norms``.
@@ -149,7 +150,6 @@ class LanguageModel(nn.Layer):
     """
 
     architecture: ClassVar[str] = ""
-    trainable: ClassVar[bool] = False  # the engine never puts these parameters in an optimizer
 
     def __init__(self, cfg: LanguageConfig):
         super().__init__()
