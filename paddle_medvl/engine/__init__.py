@@ -99,12 +99,16 @@ def _train(cfg: Config) -> dict:
     trainer = MedVLTrainer(cfg, model, args, dataset, collator, tokenizer, qformer_tokenizer, val_records, trainable)
     trainer.pop_callback(PrinterCallback)
     trainer.pop_callback(ProgressCallback)
-    trainer.add_callback(LogLines(str(output / "visualdl") if cfg.Train.visualdl else None))
+    log_lines = LogLines(str(output / "visualdl") if cfg.Train.visualdl else None)
+    trainer.add_callback(log_lines)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.time() - start
-    if val_records and trainer.last_eval_step != result.global_step:
-        trainer.evaluate()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        seconds = time.time() - start
+        if val_records and trainer.last_eval_step != result.global_step:
+            trainer.evaluate()
+    finally:
+        log_lines.close()
     final = trainer.save_final()
     steps_run = result.global_step - (_resumed_step(resume) if resume else 0)
     summary = {

@@ -124,9 +124,11 @@ class LogLines(TrainerCallback):
         if evals:
             print(f"[eval] step {state.global_step} | " + " | ".join(f"{k} {v:.4f}" for k, v in evals.items()), flush=True)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def close(self) -> None:
+        """After the last log (the final validation comes after ``on_train_end``)."""
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
 
 def _duration(seconds: float) -> str:
