@@ -419,3 +419,28 @@ def test_tokenizer_folders(env, tmp_path):
     assert generation_token_ids(tok, LanguageConfig(eos_token=True))[0] == tok.eos_token_id
     with pytest.raises(BuildError, match="must be exactly one"):
         generation_token_ids(tok, LanguageConfig(eos_text="\n\n"))
+
+
+@pytest.mark.parametrize("kind", ["byte_level_bpe", "sentencepiece", "wordpiece"])
+def test_decoded_text_keeps_the_written_spacing(tmp_path, kind):
+    """Generated ids decode to the text as it was written: R2Gen's "normal . the" stays (tokenizers'
+    default clean-up would make it "normal. the"); WordPiece, which loses spaces, still gives "zone."."""
+    from paddle_medvl.eval.evaluate import decode_rows
+
+    from tiny_tokenizers import sentencepiece_t5
+
+    text = "the size is normal . the zone." if kind != "wordpiece" else "the size is normal. the zone."
+    if kind == "byte_level_bpe":
+        tok = byte_level_bpe(tmp_path)
+    elif kind == "sentencepiece":
+        tok = sentencepiece_t5(tmp_path, [text, "size . the size. the"] * 20)
+    else:
+        from paddlenlp.transformers import BertTokenizer
+
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "size", "is", "normal", "zone", "."]
+        (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+        tok = BertTokenizer(str(tmp_path / "vocab.txt"))
+    eos = 10_000
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    [(decoded, truncated)] = decode_rows(np.array([ids + [eos, 5]]), tok, eos)
+    assert (decoded, truncated) == (text, False)

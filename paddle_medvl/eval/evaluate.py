@@ -118,14 +118,27 @@ def evaluate(
 # ---------------------------------------------------------------------------- generation
 
 
+_SPACING_PROBE = "size . the size. the"  # R2Gen's " . " between sentences, and a caption's "zone."
+
+
+def keeps_spacing(tokenizer) -> bool:
+    """Whether decoding gives back the spaces as written. Byte-level BPE and SentencePiece do, so
+    their text is decoded as is (tokenizers' default "clean-up" would turn R2Gen's "size . the" into
+    "size. the"); WordPiece drops spaces and needs the clean-up to rebuild "zone."."""
+    ids = tokenizer(_SPACING_PROBE, add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) == _SPACING_PROBE
+
+
 def decode_rows(ids: np.ndarray, tokenizer, eos: int) -> list[tuple[str, bool]]:
     """New-token rows -> (text, truncated): each row cut before its first EOS, special tokens skipped,
     stripped; truncated when the row has no EOS (it ran until ``max_new_tokens``)."""
+    clean_up = not keeps_spacing(tokenizer)
     out = []
     for row in ids.tolist():
         truncated = eos not in row
         row = row if truncated else row[: row.index(eos)]
-        out.append((tokenizer.decode(row, skip_special_tokens=True).strip(), truncated))
+        text = tokenizer.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=clean_up)
+        out.append((text.strip(), truncated))
     return out
 
 
