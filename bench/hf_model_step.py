@@ -15,7 +15,7 @@ from pathlib import Path
 
 # Shared measuring helpers (model_step.py imports nothing but the standard library at the top).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_step import CpuMonitor, environment, median, rss_mb, timed  # noqa: E402
+from model_step import CpuMonitor, environment, median, rss_mb, time_training, timed  # noqa: E402
 
 THREADS = 2
 PAD, BOS, EOS = 1, 2, 2
@@ -93,21 +93,9 @@ def run(spec: dict) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     res["trainable_params"] = sum(p.numel() for p in trainable)
     opt = torch.optim.AdamW(trainable, lr=LR, weight_decay=WEIGHT_DECAY)
-    losses = []
-
-    def step():
-        loss = model(pixel_values=pix, input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-
-    res["step_s"], _ = timed(step, spec["warmup"], spec["steps"], res["others"])
-    res["losses"] = losses
-    res["rss_peak_mb"] = rss_mb()
-    res["gemm_gflops_end"] = gemm(torch, res["others"])
-    res["other_cpu_cores"] = monitor.others()
-    res["loadavg_end"] = os.getloadavg()[0]
+    time_training(res, spec, monitor,
+                  lambda: model(pixel_values=pix, input_ids=ids, attention_mask=mask, labels=labels).loss,
+                  lambda: (opt.step(), opt.zero_grad(set_to_none=True)), lambda others: gemm(torch, others))
     return res
 
 

@@ -190,6 +190,26 @@ class CpuMonitor:
         return max(0.0, ((now[1] - self.start[1]) - (now[2] - self.start[2])) / wall)
 
 
+def time_training(res: dict, spec: dict, monitor, loss, update, gemm) -> None:
+    """Time ``spec["steps"]`` training steps after ``spec["warmup"]``: ``loss()``, backward, ``update()``.
+    Records step times, losses, peak memory and the machine's load in ``res``; shared by our model,
+    paddlenlp's and (bench/hf_model_step.py) transformers'."""
+    losses = []
+
+    def step():
+        value = loss()
+        value.backward()
+        update()
+        losses.append(float(value))
+
+    res["step_s"], _ = timed(step, spec["warmup"], spec["steps"], res["others"])
+    res["losses"] = losses
+    res["rss_peak_mb"] = rss_mb()
+    res["gemm_gflops_end"] = gemm(res["others"])
+    res["other_cpu_cores"] = monitor.others()
+    res["loadavg_end"] = os.getloadavg()[0]
+
+
 def environment() -> dict:
     keys = ("MKL_DEBUG_CPU_TYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_AFFINITY", "OMP_PROC_BIND",
             "FLAGS_use_mkldnn", "MKL_ENABLE_INSTRUCTIONS", "LD_PRELOAD")
@@ -371,21 +391,8 @@ def run_ours(spec: dict) -> dict:
     trainable = [p for p in model.parameters() if not p.stop_gradient]
     res["trainable_params"] = sum(int(np.prod(p.shape)) for p in trainable)
     opt = paddle.optimizer.AdamW(learning_rate=LR, parameters=trainable, weight_decay=WEIGHT_DECAY)
-    losses = []
-
-    def step():
-        loss = model(pix, ids, mask, labels).loss
-        loss.backward()
-        opt.step()
-        opt.clear_grad()
-        losses.append(float(loss))
-
-    res["step_s"], _ = timed(step, spec["warmup"], spec["steps"], res["others"])
-    res["losses"] = losses
-    res["rss_peak_mb"] = rss_mb()
-    res["gemm_gflops_end"] = paddle_gemm(paddle, res["others"])
-    res["other_cpu_cores"] = monitor.others()
-    res["loadavg_end"] = os.getloadavg()[0]
+    time_training(res, spec, monitor, lambda: model(pix, ids, mask, labels).loss,
+                  lambda: (opt.step(), opt.clear_grad()), lambda others: paddle_gemm(paddle, others))
     if spec.get("profile"):
         res["profile"] = profile_ours(paddle, model, opt, pix, ids, mask, labels, work)
     return res
@@ -552,21 +559,9 @@ def run_paddlenlp(spec: dict) -> dict:
     trainable = [p for p in model.parameters() if not p.stop_gradient]
     res["trainable_params"] = sum(int(np.prod(p.shape)) for p in trainable)
     opt = paddle.optimizer.AdamW(learning_rate=LR, parameters=trainable, weight_decay=WEIGHT_DECAY)
-    losses = []
-
-    def step():
-        loss = model(pix, ids, attention_mask=mask, labels=labels, return_dict=True).loss
-        loss.backward()
-        opt.step()
-        opt.clear_grad()
-        losses.append(float(loss))
-
-    res["step_s"], _ = timed(step, spec["warmup"], spec["steps"], res["others"])
-    res["losses"] = losses
-    res["rss_peak_mb"] = rss_mb()
-    res["gemm_gflops_end"] = paddle_gemm(paddle, res["others"])
-    res["other_cpu_cores"] = monitor.others()
-    res["loadavg_end"] = os.getloadavg()[0]
+    time_training(res, spec, monitor,
+                  lambda: model(pix, ids, attention_mask=mask, labels=labels, return_dict=True).loss,
+                  lambda: (opt.step(), opt.clear_grad()), lambda others: paddle_gemm(paddle, others))
     return res
 
 
