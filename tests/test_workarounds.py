@@ -14,7 +14,9 @@ import paddle.nn.functional as F
 import pytest
 from paddle import nn
 
-from paddle_medvl.workarounds import FrozenSafeLayerNorm, fix_beam_search_inputs_embeds, fix_frozen_layer_norms, layer_norm
+from paddle_medvl.workarounds import (
+    FrozenSafeLayerNorm, fix_beam_search_inputs_embeds, fix_frozen_layer_norms, layer_norm, log_softmax,
+)
 
 D = 48
 
@@ -270,3 +272,27 @@ def test_paddlenlp_visualdl_callback_defect_still_present(tmp_path):
     with pytest.raises(TypeError, match="Expected an int, got a boolean"):
         VisualDLCallback().on_train_begin(args, TrainerState(is_world_process_zero=True), TrainerControl())
 
+
+
+def test_log_softmax_defect_still_present():
+    """DEFECT (Paddle 3.3.1, CPU): ``F.log_softmax`` floors its output at -64 (and is slow: bench/log_softmax.py)."""
+    x = paddle.to_tensor([[0.0, -50.0, -100.0, -1000.0]])
+    np.testing.assert_allclose(F.log_softmax(x, axis=-1).numpy(), [[0.0, -50.0, -64.0, -64.0]], atol=1e-5)
+
+
+def test_log_softmax_is_exact_in_values_and_gradients():
+    """The workaround against float64 arithmetic: values (saturated rows too) and input gradients."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 40)).astype("float32") * 4
+    x[0, 0, :] = [1e4] + [-1e4] * 39  # saturated: Paddle's kernel says -64 here, the truth is -2e4
+    g = rng.standard_normal(x.shape).astype("float32")
+    for axis in (-1, 1):
+        t = paddle.to_tensor(x, stop_gradient=False)
+        y = log_softmax(t, axis=axis)
+        (y * paddle.to_tensor(g)).sum().backward()
+        x64 = x.astype("float64")
+        shifted = x64 - x64.max(axis=axis, keepdims=True)
+        want = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        want_grad = g - np.exp(want) * g.sum(axis=axis, keepdims=True)
+        np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(t.grad.numpy(), want_grad, rtol=1e-4, atol=1e-4)

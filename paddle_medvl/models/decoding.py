@@ -17,8 +17,9 @@ import math
 from typing import Any
 
 import paddle
-import paddle.nn.functional as F
 from paddle import Tensor
+
+from ..workarounds import log_softmax
 
 _NEG = -1.0e9  # HF's "never" score for unused beams
 
@@ -89,7 +90,7 @@ def beam_search(
 
     for step in range(max_new):
         history = running.reshape([batch * beams, max_new])[:, :step]
-        scores = rules(F.log_softmax(logits.astype("float32"), axis=-1), history, step)
+        scores = rules(log_softmax(logits.astype("float32"), axis=-1), history, step)
         scores = (scores.reshape([batch, beams, vocab]) + running_scores.unsqueeze(-1)).reshape([batch, -1])
         cand_scores, cand = paddle.topk(scores, keep, axis=1)
         cand_beam, cand_token = cand // vocab, cand % vocab

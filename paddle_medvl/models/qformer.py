@@ -31,6 +31,7 @@ import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
 from ..config import QFormerConfig
+from ..workarounds import log_softmax
 
 _INIT_STD = 0.02  # BERT's initializer_range; also the std of the query tokens (LAVIS)
 IGNORE_INDEX = -100
@@ -63,7 +64,7 @@ def causal_lm_loss(logits: paddle.Tensor, labels: paddle.Tensor, label_smoothing
     ``label_smoothing`` e, the target is (1 - e) on the label plus e spread over the vocabulary
     (torch's definition, which LAVIS uses with e = 0.1 for the Q-Former's text loss).
     """
-    logp = F.log_softmax(logits[:, :-1], axis=-1)
+    logp = log_softmax(logits[:, :-1], axis=-1)
     labels = labels[:, 1:]
     valid = labels != IGNORE_INDEX
     safe = paddle.where(valid, labels, paddle.zeros_like(labels))  # any index; masked out below
