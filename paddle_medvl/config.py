@@ -373,8 +373,23 @@ def _build(cls: type, data: dict, origin: dict, prefix: str = "") -> Any:
                 raise ConfigError(f"{where}: expected a section (a mapping of keys), got {value!r}")
             kwargs[key] = _build(tp, value, origin, dotted + ".")
         else:
+            value = _parse_nested_overrides(value, origin, dotted)
             kwargs[key] = _coerce(value, tp, where, origin.get(dotted, "").startswith("-o "))
     return cls(**kwargs)
+
+
+def _parse_nested_overrides(value: Any, origin: dict, dotted: str) -> Any:
+    """Inside a free-form mapping (``Model.language.config``) no annotation types an ``-o`` value,
+    so it is read as YAML: ``-o Model.language.config.num_hidden_layers=2`` gives 2, not "2"."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        path = f"{dotted}.{key}"
+        if isinstance(item, str) and origin.get(path, "").startswith("-o "):
+            item = yaml.safe_load(item)
+        out[key] = _parse_nested_overrides(item, origin, path)
+    return out
 
 
 # ---------------------------------------------------------------------------- public API

@@ -68,6 +68,18 @@ def test_overrides_are_typed(tmp_path):
     assert load_config(leaf, ["Train.warmup=1000"], schema=Schema).Train.warmup == 1000
 
 
+def test_overrides_inside_a_free_form_mapping_are_yaml(tmp_path):
+    """``Model.language.config`` is a plain mapping (no annotation to type a value by): ``-o`` values
+    in it are read as YAML, so a new LLM gets 2 layers, not the string "2"."""
+    from paddle_medvl.config import Config
+
+    leaf = write(tmp_path / "c.yaml", "Model:\n  language:\n    config: {hidden_size: 32, act: relu}\n")
+    cfg = load_config(leaf, ["Model.language.config.num_hidden_layers=2", "Model.language.config.act=gelu",
+                             "Model.language.config.rope={theta: 1.5}"])
+    assert cfg.Model.language.config == {"hidden_size": 32, "act": "gelu", "num_hidden_layers": 2, "rope": {"theta": 1.5}}
+    assert isinstance(load_config(leaf, schema=Config).Model.language.config["hidden_size"], int)
+
+
 def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     # PyYAML reads `1e-5` as a string; a float field must still take it.
     leaf = write(tmp_path / "c.yaml", "Train: {lr: 1e-5, epochs: 3}\n")
