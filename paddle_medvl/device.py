@@ -251,6 +251,17 @@ def apply_presets(presets: Mapping[str, str], environ: MutableMapping[str, str] 
 _announced = False
 
 
+def cpu_threads(environ: Mapping[str, str] | None = None) -> int:
+    """Math threads for this process on the CPU: ``OMP_NUM_THREADS`` when the user set it, else
+    the cores this process may use, shared among the ranks ``paddle.distributed.launch`` started here."""
+    environ = os.environ if environ is None else environ
+    if environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
+        return int(environ["OMP_NUM_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = environ.get("PADDLE_LOCAL_SIZE", "1")
+    return max(1, cores // max(1, int(local) if local.isdigit() else 1))
+
+
 def setup_device(spec: str = "auto") -> Device:
     """Resolve the flag, apply the presets the user has not set, select the device, say so once.
 
@@ -266,8 +277,12 @@ def setup_device(spec: str = "auto") -> Device:
         if key.startswith("FLAGS_"):
             _set_flag(paddle, key, value)
     paddle.set_device(device.place)
+    threads = ""
+    if device.type == "cpu":  # Paddle's own default is one math thread, whatever OMP_NUM_THREADS says
+        paddle.base.core.set_num_threads(cpu_threads())
+        threads = f"; {cpu_threads()} math thread(s)"
     if not _announced and os.environ.get("PADDLE_TRAINER_ID", "0") == "0":
-        print(f"[paddle_medvl] {device.describe(applied)}", file=sys.stderr, flush=True)
+        print(f"[paddle_medvl] {device.describe(applied)}{threads}", file=sys.stderr, flush=True)
     _announced = True
     return device
 
