@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 
 def _fast_mkl_on_amd() -> None:
@@ -24,5 +25,9 @@ def _fast_mkl_on_amd() -> None:
 
 
 _fast_mkl_on_amd()
+
+# The user's OMP_NUM_THREADS, read before Paddle's import writes "1" there when it is unset
+# (device.cpu_threads decides the CPU's math threads from it). None: not set, or Paddle came first.
+USER_OMP_NUM_THREADS: str | None = None if "paddle" in sys.modules else os.environ.get("OMP_NUM_THREADS")
 
 __version__ = "0.1.0"

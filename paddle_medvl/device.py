@@ -251,12 +251,16 @@ def apply_presets(presets: Mapping[str, str], environ: MutableMapping[str, str] 
 _announced = False
 
 
-def cpu_threads(environ: Mapping[str, str] | None = None) -> int:
-    """Math threads for this process on the CPU: ``OMP_NUM_THREADS`` when the user set it, else
-    the cores this process may use, shared among the ranks ``paddle.distributed.launch`` started here."""
+def cpu_threads(environ: Mapping[str, str] | None = None, user_threads: str | None = None) -> int:
+    """Math threads for this process on the CPU: ``OMP_NUM_THREADS`` when the user set it (Paddle's
+    import sets it to 1 when unset, so the value comes from before that, ``USER_OMP_NUM_THREADS``),
+    else the cores this process may use, shared among the ranks ``paddle.distributed.launch`` started here."""
+    from . import USER_OMP_NUM_THREADS
+
     environ = os.environ if environ is None else environ
-    if environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
-        return int(environ["OMP_NUM_THREADS"])
+    user_threads = USER_OMP_NUM_THREADS if user_threads is None else user_threads
+    if (user_threads or "").strip().isdigit() and int(user_threads) > 0:
+        return int(user_threads)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = environ.get("PADDLE_LOCAL_SIZE", "1")
     return max(1, cores // max(1, int(local) if local.isdigit() else 1))
@@ -279,8 +283,9 @@ def setup_device(spec: str = "auto") -> Device:
     paddle.set_device(device.place)
     threads = ""
     if device.type == "cpu":  # Paddle's own default is one math thread, whatever OMP_NUM_THREADS says
-        paddle.base.core.set_num_threads(cpu_threads())
-        threads = f"; {cpu_threads()} math thread(s)"
+        count = cpu_threads()
+        paddle.base.core.set_num_threads(count)
+        threads = f"; {count} math thread(s)"
     if not _announced and os.environ.get("PADDLE_TRAINER_ID", "0") == "0":
         print(f"[paddle_medvl] {device.describe(applied)}{threads}", file=sys.stderr, flush=True)
     _announced = True

@@ -208,28 +208,30 @@ def test_setup_device_on_this_machine(capsys):
     assert capsys.readouterr().err == ""  # printed once
 
 
-@pytest.mark.parametrize("environ, cores, want", [
-    ({}, 2, 2),
-    ({"OMP_NUM_THREADS": "1"}, 8, 1),  # the user's choice wins
-    ({"PADDLE_LOCAL_SIZE": "2"}, 8, 4),  # two ranks on this machine share its cores
-    ({"PADDLE_LOCAL_SIZE": "4"}, 2, 1),
-    ({"OMP_NUM_THREADS": "junk"}, 3, 3),
+@pytest.mark.parametrize("user, environ, cores, want", [
+    (None, {}, 2, 2),
+    ("1", {}, 8, 1),  # the user's choice wins
+    (None, {"OMP_NUM_THREADS": "1"}, 2, 2),  # what Paddle's import writes is not a choice
+    (None, {"PADDLE_LOCAL_SIZE": "2"}, 8, 4),  # two ranks on this machine share its cores
+    (None, {"PADDLE_LOCAL_SIZE": "4"}, 2, 1),
+    ("junk", {}, 3, 3),
 ])
-def test_cpu_threads(monkeypatch, environ, cores, want):
+def test_cpu_threads(monkeypatch, user, environ, cores, want):
     from paddle_medvl import device as device_module
 
     monkeypatch.setattr(device_module.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    assert device_module.cpu_threads(environ) == want
+    assert device_module.cpu_threads(environ, user or "") == want
 
 
 def test_setup_device_gives_the_cpu_its_threads(monkeypatch):
-    """Paddle computes on one thread unless told otherwise (OMP_NUM_THREADS alone does not do it)."""
+    """Paddle computes on one thread unless told otherwise (its import even sets OMP_NUM_THREADS=1)."""
     import paddle
 
+    import paddle_medvl
     from paddle_medvl import device as device_module
 
     calls = []
     monkeypatch.setattr(paddle.base.core, "set_num_threads", calls.append)
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(paddle_medvl, "USER_OMP_NUM_THREADS", "3")
     device_module.setup_device("cpu")
     assert calls == [3]
