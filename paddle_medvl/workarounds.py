@@ -5,7 +5,7 @@ Fixes (call them explicitly; nothing here patches anything at import):
 1. ``fix_frozen_layer_norms(layer)`` -- Paddle's ``layer_norm`` backward ignores a frozen weight.
 2. ``fix_beam_search_inputs_embeds(model)`` -- paddlenlp beam search with ``inputs_embeds`` crashes.
 3. ``stride_kernels()`` -- safetensors' paddle frontend needs a kernel our device presets turn off.
-4. ``log_softmax(x, axis)`` -- Paddle's CPU ``log_softmax`` floors at -64 and is 10x slower than the arithmetic.
+4. ``log_softmax(x, axis)`` -- Paddle's CPU ``log_softmax`` floors at -64 and is 7-470x slower than the arithmetic.
 
 Each has a test in ``tests/test_workarounds.py`` that asserts the defect is still there on the
 unpatched library: when an upgrade fixes one, that test fails and says the workaround can go.
@@ -169,13 +169,14 @@ def stride_kernels() -> Iterator[None]:
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """``F.log_softmax`` as ``x - logsumexp(x)``: exact where Paddle's kernel is not, and 5-10x faster on CPU.
+    """``F.log_softmax`` as ``x - logsumexp(x)``: exact where Paddle's kernel is not, and far faster on CPU.
 
     Defects (Paddle 3.3.1, CPU kernel): values below -64 come out as -64 (a token the model rules
-    out gets a loss of at most 64 and no gradient); and it is slow: about 270 ms forward and 250 ms
-    backward on a [736, 1025] input (the demo's Q-Former text loss at batch 32) where ``logsumexp``
-    and a subtraction take about 40 + 15 ms; along a non-last axis it is another 10x slower. It
-    sits in every Q-Former text loss and every beam-search step. ``logsumexp`` subtracts the
+    out gets a loss of at most 64 and no gradient); and it is slow, more so the larger the
+    vocabulary (bench/log_softmax.py): 270 ms forward + backward on the demo's [736, 1025] Q-Former
+    text loss against 31 ms, and 3.9 s for one beam step over OPT's vocabulary ([10, 50272])
+    against 12 ms; along a non-last axis it is another 10x slower. It sits in every Q-Former
+    text loss and every beam-search step. ``logsumexp`` subtracts the
     maximum first, so this is as stable as a fused kernel. Remove when
     ``tests/test_workarounds.py::test_log_softmax_defect_still_present`` fails and
     ``bench/log_softmax.py`` shows ``F.log_softmax`` no slower than this.
