@@ -251,19 +251,17 @@ def apply_presets(presets: Mapping[str, str], environ: MutableMapping[str, str] 
 _announced = False
 
 
-def cpu_threads(environ: Mapping[str, str] | None = None, user_threads: str | None = None) -> int:
-    """Math threads for this process on the CPU: ``OMP_NUM_THREADS`` when the user set it (Paddle's
-    import sets it to 1 when unset, so the value comes from before that, ``USER_OMP_NUM_THREADS``),
-    else the cores this process may use, shared among the ranks ``paddle.distributed.launch`` started here."""
+def cpu_threads(user_threads: str | None = None) -> int:
+    """Math threads for this process on the CPU: ``OMP_NUM_THREADS`` as the user set it, else the
+    cores this process may use. Paddle's import writes "1" there when it is unset, so the value is
+    the one from before (``USER_OMP_NUM_THREADS``); ``paddle.distributed.launch`` imports Paddle
+    itself, so its ranks get that "1" unless the user set a value before launching."""
     from . import USER_OMP_NUM_THREADS
 
-    environ = os.environ if environ is None else environ
     user_threads = USER_OMP_NUM_THREADS if user_threads is None else user_threads
     if (user_threads or "").strip().isdigit() and int(user_threads) > 0:
         return int(user_threads)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    local = environ.get("PADDLE_LOCAL_SIZE", "1")
-    return max(1, cores // max(1, int(local) if local.isdigit() else 1))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def setup_device(spec: str = "auto") -> Device:
