@@ -26,8 +26,23 @@ def _fast_mkl_on_amd() -> None:
 
 _fast_mkl_on_amd()
 
-# The user's OMP_NUM_THREADS, read before Paddle's import writes "1" there when it is unset
-# (device.cpu_threads decides the CPU's math threads from it). None: not set, or Paddle came first.
-USER_OMP_NUM_THREADS: str | None = None if "paddle" in sys.modules else os.environ.get("OMP_NUM_THREADS")
+
+
+def _cpu_threads_default() -> None:
+    """Give Paddle's CPU math the cores this process may use, unless the user chose a number.
+
+    Paddle's import sets ``OMP_NUM_THREADS=1`` when it is unset, and its OpenMP kernels read the
+    variable then; ``device.setup_device`` hands the same number to its MKL (whose own default is
+    one thread). One number everywhere also keeps results bit-identical from run to run: with
+    OpenMP on 1 and MKL on 2, a resumed run with loader workers drifted from a straight one. The demo
+    trains at 58 samples/s on one thread, 80 on two. Nothing changes once Paddle is imported.
+    """
+    if "paddle" in sys.modules or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(cores)
+
+
+_cpu_threads_default()
 
 __version__ = "0.1.0"

@@ -251,17 +251,12 @@ def apply_presets(presets: Mapping[str, str], environ: MutableMapping[str, str] 
 _announced = False
 
 
-def cpu_threads(user_threads: str | None = None) -> int:
-    """Math threads for this process on the CPU: ``OMP_NUM_THREADS`` as the user set it, else the
-    cores this process may use. Paddle's import writes "1" there when it is unset, so the value is
-    the one from before (``USER_OMP_NUM_THREADS``); ``paddle.distributed.launch`` imports Paddle
-    itself, so its ranks get that "1" unless the user set a value before launching."""
-    from . import USER_OMP_NUM_THREADS
-
-    user_threads = USER_OMP_NUM_THREADS if user_threads is None else user_threads
-    if (user_threads or "").strip().isdigit() and int(user_threads) > 0:
-        return int(user_threads)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def cpu_threads(environ: Mapping[str, str] | None = None) -> int:
+    """Math threads on the CPU: ``OMP_NUM_THREADS`` as Paddle's OpenMP kernels read it at import
+    (the user's, or the cores, set by importing ``paddle_medvl`` first; Paddle's own default is 1,
+    and ``paddle.distributed.launch`` hands its ranks that 1 unless the user set a value)."""
+    value = (os.environ if environ is None else environ).get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 def setup_device(spec: str = "auto") -> Device:
@@ -280,7 +275,7 @@ def setup_device(spec: str = "auto") -> Device:
             _set_flag(paddle, key, value)
     paddle.set_device(device.place)
     threads = ""
-    if device.type == "cpu":  # Paddle's own default is one math thread, whatever OMP_NUM_THREADS says
+    if device.type == "cpu":  # Paddle's MKL computes on one thread, whatever OMP_NUM_THREADS says
         count = cpu_threads()
         paddle.base.core.set_num_threads(count)
         threads = f"; {count} math thread(s)"

@@ -1,6 +1,10 @@
 """Device flag resolution for every form, under simulated launch environments, and its errors."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from paddle_medvl.device import (
@@ -208,27 +212,33 @@ def test_setup_device_on_this_machine(capsys):
     assert capsys.readouterr().err == ""  # printed once
 
 
-@pytest.mark.parametrize("user, cores, want", [
-    ("", 2, 2),  # not set: the cores this process may use
-    ("1", 8, 1),  # the user's choice wins (also the "1" paddle.distributed.launch hands its ranks)
-    ("junk", 3, 3),
-])
-def test_cpu_threads(monkeypatch, user, cores, want):
-    from paddle_medvl import device as device_module
+@pytest.mark.parametrize("environ, want", [({"OMP_NUM_THREADS": "3"}, 3), ({}, 1), ({"OMP_NUM_THREADS": "junk"}, 1)])
+def test_cpu_threads(environ, want):
+    from paddle_medvl.device import cpu_threads
 
-    monkeypatch.setattr(device_module.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    assert device_module.cpu_threads(user) == want
+    assert cpu_threads(environ) == want
+
+
+def test_importing_paddle_medvl_first_gives_paddle_the_cores():
+    """In a fresh process: unset -> the usable cores (Paddle's import would write 1), set -> kept."""
+    code = ("import os, paddle_medvl, paddle; "
+            "print(os.environ['OMP_NUM_THREADS'], len(os.sched_getaffinity(0)))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == out[1]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "1"
 
 
 def test_setup_device_gives_the_cpu_its_threads(monkeypatch):
-    """Paddle computes on one thread unless told otherwise (its import even sets OMP_NUM_THREADS=1)."""
+    """Paddle's MKL computes on one thread unless told (OMP_NUM_THREADS alone does not do it)."""
     import paddle
 
-    import paddle_medvl
     from paddle_medvl import device as device_module
 
     calls = []
     monkeypatch.setattr(paddle.base.core, "set_num_threads", calls.append)
-    monkeypatch.setattr(paddle_medvl, "USER_OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
     device_module.setup_device("cpu")
     assert calls == [3]
