@@ -27,7 +27,6 @@ def _fast_mkl_on_amd() -> None:
 _fast_mkl_on_amd()
 
 
-
 def _cpu_threads_default() -> None:
     """Give Paddle's CPU math the cores this process may use, unless the user chose a number.
 
