@@ -34,6 +34,8 @@ RUNTIME_FIELDS = (
     "qformer.label_smoothing",
     "caption_loss_weight",
     "concept_loss_weight",
+    "concept_classes",
+    "concept_detection_weight",
 )
 # Tokenizer class names in Hugging Face folders -> paddlenlp's class for the same files
 # (the BLIP-2 OPT checkpoints say "GPT2Tokenizer", which paddlenlp's AutoTokenizer cannot resolve).
@@ -219,4 +221,6 @@ def build_collator(cfg: Config, tokenizer, qformer_tokenizer=None) -> Collator:
             qformer_field=field_name,
             max_qformer_len=cfg.Data.max_prompt_len if instruction else cfg.Data.max_target_len,
         )
+    if cfg.Model.concept_detection_weight > 0:
+        kwargs["concept_classes"] = cfg.Model.concept_classes
     return Collator(tokenizer, text_format(cfg.Model.language), cfg.Data.max_prompt_len, cfg.Data.max_target_len, **kwargs)

@@ -124,6 +124,10 @@ class ModelConfig:
     pretrained: str = ""  # a converted checkpoint folder (tools/convert_hf.py) to start from
     caption_loss_weight: float = 1.0
     concept_loss_weight: float = 0.0  # paper 000 stage 1: 1.0; stage 2: 0.0
+    # ImageCLEF concept detection as a multi-label head on the query outputs (not in paper 000): the
+    # number of CUIs in the data's mapping file (0 = no head), and the weight of its loss
+    concept_classes: int = 0
+    concept_detection_weight: float = 0.0
 
 
 @dataclass

@@ -8,7 +8,7 @@ from PIL import Image
 
 from paddle_medvl.config import DataConfig
 from paddle_medvl.data import Record, load_records
-from paddle_medvl.data.collate import IGNORE_INDEX, Collator, TextFormat
+from paddle_medvl.data.collate import IGNORE_INDEX, Collator, TextFormat, check_concept_classes
 from paddle_medvl.data.dataset import RecordDataset
 from paddle_medvl.data.record import DataError
 from tiny_tokenizers import byte_level_bpe, sentencepiece_t5
@@ -70,6 +70,22 @@ def test_qformer_text(tmp_path, opt_tok):
     batch = collate([sample("", "x", concept_sentence="The image shows chest.")])
     assert batch["qformer_ids"].shape == (1, 8)
     assert batch["qformer_ids"][0].tolist()[:5] == [2, 5, 6, 7, 8] and batch["qformer_mask"][0].sum() == 7
+
+
+def test_concept_labels_are_the_images_cuis(opt_tok):
+    """The concept head's targets: a 0/1 row per image over the mapping file's CUIs; records whose mapping
+    has another size, or no CUIs at all, are refused up front with the fix; images alone get no labels."""
+    collate = Collator(opt_tok, OPT, 4, 4, concept_classes=5)
+    batch = collate([sample("", "x", concept_ids=[0, 3], concept_classes=5), sample("", "y", concept_ids=[], concept_classes=5)])
+    assert batch["concept_labels"].tolist() == [[1, 0, 0, 1, 0], [0, 0, 0, 0, 0]]
+    assert "concept_labels" not in collate([sample("", "x")])  # e.g. tools/predict.py --images
+    good = Record("A_1", [], "", "x", {"concept_ids": [1], "concept_classes": 5})
+    check_concept_classes([good], 5)
+    with pytest.raises(ValueError, match=r"Model.concept_classes is 6, but the data's CUI mapping file lists 5 CUIs "
+                                         r"\(record A_1\): set Model.concept_classes=5"):
+        check_concept_classes([good], 6)
+    with pytest.raises(ValueError, match="record R_9: the concept head learns the images' CUIs, which only"):
+        check_concept_classes([good, Record("R_9", [], "", "x", {})], 5)
 
 
 def test_tokenizer_without_pad_is_refused(opt_tok):

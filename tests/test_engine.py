@@ -251,6 +251,37 @@ def test_stage2_starts_from_stage1_and_trains_caption_loss_only(demo, straight, 
     assert summary["trainable_parameters"] < sum(v.size for k, v in before.items() if not k.startswith("language_model."))
 
 
+def test_concept_head_learns_the_cuis_and_starts_fresh_over_weights_without_it(demo, straight, tmp_path):
+    """The concept-detection head: its loss is logged and falls; over stage 1 weights that lack it (as a
+    converted BLIP-2 does) it starts fresh and is saved; a class count that is not the mapping's, or a
+    frozen head, is refused before training goes wrong."""
+    from paddle_medvl.config import ConfigError
+    from paddle_medvl.data.synthetic import CUI_NAMES
+    from paddle_medvl.models.blip2 import Blip2
+
+    _, config = demo
+    classes = len(CUI_NAMES)
+    head = [f"Model.concept_classes={classes}", "Model.concept_detection_weight=1.0",
+            "Train.trainable=['vision_model\\.', 'query_tokens', 'qformer\\.', 'language_projection\\.', 'concept_head\\.']"]
+    train_in_process(config, f"Train.output_dir={tmp_path / 'a'}", *head, "Train.max_steps=24", "Train.log_steps=4",
+                     "Train.lr=1e-2", "Train.save_steps=24")
+    history = json.loads((tmp_path / "a" / "checkpoint-24" / "trainer_state.json").read_text())["log_history"]
+    detection = [h["detection_loss"] for h in history if "detection_loss" in h]
+    assert len(detection) == 6 and detection[-1] < detection[0] - 0.1
+    assert weights(tmp_path / "a" / "final")["concept_head.weight"].shape == (4 * 32, classes)
+
+    train_in_process(config, f"Train.output_dir={tmp_path / 'b'}", f"Model.pretrained={straight / 'final'}", *head,
+                     "Train.max_steps=2", "Train.save_steps=2")
+    assert "concept_head.weight" not in weights(straight / "final")
+    assert "concept_head.bias" in weights(tmp_path / "b" / "final")
+    assert Blip2.from_pretrained(tmp_path / "b" / "final").concept_head is not None
+
+    with pytest.raises(ValueError, match=f"set Model.concept_classes={classes}"):
+        train_in_process(config, f"Train.output_dir={tmp_path / 'c'}", *head[1:], f"Model.concept_classes={classes - 1}")
+    with pytest.raises(ConfigError, match="the concept head is frozen"):
+        train_in_process(config, f"Train.output_dir={tmp_path / 'd'}", *head[:2])
+
+
 def test_bad_train_config_errors(demo, tmp_path):
     from paddle_medvl.config import ConfigError
 

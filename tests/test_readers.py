@@ -59,12 +59,14 @@ def test_caption2023_with_concept_sentences(tmp_path, capsys):
     assert a.extras["concept_sentence"] == "The image shows X-Ray Computed Tomography, Chest."
     assert b.extras["concept_sentence"] == "The image shows Chest."  # unknown CUI left out ...
     assert "1 CUIs (1 uses)" in capsys.readouterr().out  # ... and counted
+    # the concept head's classes: line numbers in the mapping file (unknown CUIs have none)
+    assert (a.extras["concept_ids"], b.extras["concept_ids"], a.extras["concept_classes"]) == ([0, 1], [1], 2)
 
 
 def test_caption2023_without_concepts_is_the_test_split_layout(tmp_path):
     root = caption2023(tmp_path, "ID\tcaption\nA_1\tx\n", ids=("A_1",))
     (record,) = load_records(caption_cfg(root), "valid")
-    assert record.extras == {"cuis": [], "concept_sentence": ""}
+    assert record.extras == {"cuis": [], "concept_sentence": "", "concept_ids": [], "concept_classes": 2}
 
 
 def test_rocov2(tmp_path):
@@ -77,6 +79,7 @@ def test_rocov2(tmp_path):
     assert records[0].target == "Head CT, showing a mass."
     assert records[0].extras["concept_sentence"] == "The image shows Head, Mass."
     assert records[1].extras["concept_sentence"] == "The image shows Mass."
+    assert [r.extras["concept_ids"] for r in records] == [[0, 1], [1]]
 
 
 # ---------------------------------------------------------------- MEDVQA-GI 2023

@@ -53,6 +53,7 @@ class Collator:
         qformer_tokenizer=None,
         qformer_field: str = "",
         max_qformer_len: int = 32,
+        concept_classes: int = 0,
     ) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no pad token; set one in its config")
@@ -61,6 +62,7 @@ class Collator:
         self.tokenizer, self.text = tokenizer, text
         self.max_prompt_len, self.max_target_len = max_prompt_len, max_target_len
         self.qformer_tokenizer, self.qformer_field, self.max_qformer_len = qformer_tokenizer, qformer_field, max_qformer_len
+        self.concept_classes = concept_classes
 
     def prompt_ids(self, prompt: str) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if self.text.add_bos else []
@@ -103,4 +105,27 @@ class Collator:
             )
             batch["qformer_ids"] = np.asarray(encoded["input_ids"], dtype="int64")
             batch["qformer_mask"] = np.asarray(encoded["attention_mask"], dtype="int64")
+        if self.concept_classes and all("concept_classes" in s for s in samples):  # not for images alone
+            batch["concept_labels"] = self.concept_labels(samples)
         return batch
+
+    def concept_labels(self, samples: list[dict]) -> np.ndarray:
+        """[B, concept_classes] 0/1: which of the mapping file's CUIs each image has (records checked
+        by ``check_concept_classes``)."""
+        labels = np.zeros((len(samples), self.concept_classes), dtype="float32")
+        for row, s in enumerate(samples):
+            labels[row, s["concept_ids"]] = 1.0
+        return labels
+
+
+def check_concept_classes(records: list, classes: int) -> None:
+    """Before any batch is made (an error inside Paddle's loader thread hangs it): the records carry
+    CUIs, from a mapping file with ``classes`` of them."""
+    for record in records:
+        found = record.extras.get("concept_classes")
+        if found is None:
+            raise ValueError(f"record {record.id}: the concept head learns the images' CUIs, which only the "
+                             "imageclef_caption and rocov2 data formats carry (Model.concept_classes > 0)")
+        if found != classes:
+            raise ValueError(f"Model.concept_classes is {classes}, but the data's CUI mapping file lists {found} "
+                             f"CUIs (record {record.id}): set Model.concept_classes={found}")

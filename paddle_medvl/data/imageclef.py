@@ -67,7 +67,9 @@ def concept_sentence(names: list[str]) -> str:
 
 
 def read_captions(layout: CaptionLayout, root: Path, split: str, image_dir: str, problems: Problems) -> list[Record]:
-    """One record per image: caption as target, CUIs and the concept sentence as extras.
+    """One record per image: caption as target, CUIs and the concept sentence as extras, and for a
+    concept-detection head the CUIs' line numbers in the mapping file (``concept_ids``, from 0) and
+    the mapping's size (``concept_classes``).
 
     The concept file and the mapping are optional (the test split has neither); a CUI missing
     from the mapping is left out of the sentence and counted, not an error.
@@ -88,6 +90,7 @@ def read_captions(layout: CaptionLayout, root: Path, split: str, image_dir: str,
         for _, (cui, name) in read_rows(mapping_path, layout.delimiter, problems, layout.mapping_header, width=2):
             names[cui] = name
 
+    class_of = {cui: i for i, cui in enumerate(names)}
     records: list[Record] = []
     seen: dict[str, int] = {}
     unknown: set[str] = set()
@@ -109,9 +112,9 @@ def read_captions(layout: CaptionLayout, root: Path, split: str, image_dir: str,
         missing = [c for c in cuis if c not in names]
         unknown.update(missing)
         unknown_uses += len(missing)
-        records.append(
-            Record(image_id, [str(path)], "", caption, {"cuis": cuis, "concept_sentence": concept_sentence(known)})
-        )
+        extras = {"cuis": cuis, "concept_sentence": concept_sentence(known),
+                  "concept_ids": [class_of[c] for c in cuis if c in names], "concept_classes": len(names)}
+        records.append(Record(image_id, [str(path)], "", caption, extras))
     if unknown and names:
         print(
             f"[paddle_medvl] warning: {len(unknown)} CUIs ({unknown_uses} uses) in {concept_path.name} are not in "

@@ -44,6 +44,7 @@ def _train(cfg: Config) -> dict:
 
     from ..build import build_collator, build_model, build_tokenizers, resolve_model_config
     from ..data import load_records
+    from ..data.collate import check_concept_classes
     from ..data.dataset import RecordDataset
     from ..device import setup_device
     from . import checkpoint as ckpt
@@ -66,12 +67,17 @@ def _train(cfg: Config) -> dict:
     tokenizer, qformer_tokenizer = build_tokenizers(cfg.Model, training=True)
     model = build_model(cfg.Model)
     trainable = apply_trainable(model, cfg.Train, idle=model.idle_parameters())
+    if cfg.Model.concept_detection_weight > 0 and not any(n.startswith("concept_head.") for n in trainable):
+        raise ConfigError("Model.concept_detection_weight > 0, but the concept head is frozen: add 'concept_head\\.' "
+                          "to Train.trainable")
 
     records = load_records(cfg.Data, cfg.Data.train_split)
     val_records = []
     if cfg.Data.val_split:
         val_records = load_records(cfg.Data, cfg.Data.val_split)
         val_records = val_records[: cfg.Train.eval_samples] if cfg.Train.eval_samples > 0 else val_records
+    if cfg.Model.concept_detection_weight > 0:
+        check_concept_classes(records + val_records, cfg.Model.concept_classes)
     dataset = RecordDataset(records, cfg.Data, train=True, seed=cfg.Global.seed)
     collator = build_collator(cfg, tokenizer, qformer_tokenizer)
 

@@ -41,6 +41,7 @@ from .optim import build_scheduler, flat_parameters, param_groups
 
 MODEL_DIR = "final"  # output_dir/final: the weights at the end, a Model.pretrained for the next stage
 SUMMARY_FILE = "summary.json"
+LOSS_PARTS = ("caption_loss", "concept_loss", "detection_loss")  # Blip2Output fields, logged beside the loss
 AMP_CHOICES = ("auto", "off", "float16", "bfloat16")
 # Fleet sharding of the optimizer states. Not stage2: on Paddle 3.3.1 (GroupShardedStage2, test plugin
 # device) one step left 83 of 99 trainable tensors up to one lr away from data parallel's result.
@@ -112,7 +113,7 @@ class LogLines(TrainerCallback):
             done = state.global_step - self.start_step
             elapsed = time.time() - self.start
             eta = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
-            parts = ", ".join(f"{k.replace('_loss', '')} {logs[k]:.4f}" for k in ("caption_loss", "concept_loss") if k in logs)
+            parts = ", ".join(f"{k.replace('_loss', '')} {logs[k]:.4f}" for k in LOSS_PARTS if k in logs)
             print(
                 f"[train] step {state.global_step}/{state.max_steps} epoch {state.epoch:.2f} | loss {logs['loss']:.4f}"
                 + (f" ({parts})" if parts else "")
@@ -201,7 +202,7 @@ class MedVLTrainer(Trainer):
         self.qformer_tokenizer = qformer_tokenizer
         self.val_records = list(val_records)
         self.trainable = list(trainable)
-        self._parts: dict[str, list[float]] = {"caption_loss": [], "concept_loss": []}
+        self._parts: dict[str, list[float]] = {key: [] for key in LOSS_PARTS}
         self.last_eval, self.last_eval_step = None, -1
 
     # ------------------------------------------------------------------ data, optimizer, schedule
@@ -242,10 +243,12 @@ class MedVLTrainer(Trainer):
             pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"], labels=inputs["labels"],
             qformer_ids=inputs.get("qformer_ids"), qformer_mask=inputs.get("qformer_mask"),
+            concept_labels=inputs.get("concept_labels"),
         )
-        self._parts["caption_loss"].append(float(out.caption_loss))
-        if out.concept_loss is not None:
-            self._parts["concept_loss"].append(float(out.concept_loss))
+        for key in self._parts:
+            value = getattr(out, key)
+            if value is not None:
+                self._parts[key].append(float(value))
         return (out.loss, out) if return_outputs else out.loss
 
     def log(self, logs: dict, **kwargs) -> None:
@@ -304,7 +307,7 @@ class MedVLTrainer(Trainer):
         try:
             for batch in loader:
                 inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "input_ids", "attention_mask", "labels",
-                                                                   "qformer_ids", "qformer_mask")}
+                                                                   "qformer_ids", "qformer_mask", "concept_labels")}
                 with self.autocast_smart_context_manager():
                     out = self.model(**inputs)
                 n = int(batch["pixel_values"].shape[0])

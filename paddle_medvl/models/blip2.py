@@ -10,7 +10,10 @@ Losses (paper 000):
 * caption loss: the LLM's language-modelling loss on the target tokens (prompt tokens are -100);
 * concept loss: the Q-Former's image-grounded text-generation loss on the concept sentence
   ("The image shows c1, ..., cn."), when ``concept_loss_weight > 0`` and the batch carries it;
-* ``loss = caption_loss_weight * caption + concept_loss_weight * concept``.
+* concept detection (not in paper 000): a multi-label head on the flattened query outputs predicts
+  the image's CUIs (ImageCLEF's other subtask), binary cross-entropy, when ``concept_classes > 0``;
+* ``loss = caption_loss_weight * caption + concept_loss_weight * concept
+  + concept_detection_weight * detection``.
 
 A study's several views ([B, V, 3, H, W]) each go through the ViT and the Q-Former; their
 query outputs are concatenated (V x Q tokens reach the LLM).
@@ -31,6 +34,7 @@ from typing import Collection, Iterator, NamedTuple
 
 import paddle
 from paddle import Tensor, nn
+from paddle.nn import functional as F
 
 from ..atomic import atomic_path, atomic_write
 from ..config import ConfigError, DecodeConfig, ModelConfig, load_config, to_dict
@@ -51,6 +55,7 @@ class Blip2Output(NamedTuple):
     caption_loss: Tensor
     concept_loss: Tensor | None
     logits: Tensor | None  # the LLM's logits over [queries; prompt; target], only when asked for
+    detection_loss: Tensor | None = None
 
 
 class Blip2(nn.Layer):
@@ -68,6 +73,10 @@ class Blip2(nn.Layer):
         else:
             self.language_model = build_language_model(config.language)
             self.language_projection = nn.Linear(config.qformer.hidden_size, self.language_model.embed_dim)
+        if config.concept_detection_weight > 0 and not config.concept_classes:
+            raise ConfigError("Model.concept_detection_weight > 0 needs the concept head: set Model.concept_classes "
+                              "to the number of CUIs in the data's mapping file")
+        self.concept_head = _concept_head(config) if config.concept_classes else None
         fix_frozen_layer_norms(self)  # any part may be frozen later, by pattern
 
     def train(self, mode: bool = True) -> "Blip2":
@@ -82,11 +91,17 @@ class Blip2(nn.Layer):
     def idle_parameters(self) -> list[str]:
         """Parameters no configured loss reaches: the Q-Former's text embeddings, text feed-forward
         branch and LM head when neither the concept loss nor an instruction gives it text (paper 000's
-        stage 2). Training leaves them frozen, so data parallelism meets no unused trainable parameter."""
-        if self.language_model is None or self.config.qformer.instruction or self.config.concept_loss_weight > 0:
+        stage 2), and the concept head when its loss has no weight. Training leaves them frozen, so data
+        parallelism meets no unused trainable parameter."""
+        idle = []
+        if self.concept_head is not None and self.config.concept_detection_weight <= 0:
+            idle.append(r"concept_head\.")
+        if not (self.language_model is None or self.config.qformer.instruction or self.config.concept_loss_weight > 0):
+            idle.append(r"qformer\.(embeddings\.|cls\.|encoder\.layer\.\d+\.(intermediate|output)\.)")
+        if not idle:
             return []
-        text = re.compile(r"qformer\.(embeddings\.|cls\.|encoder\.layer\.\d+\.(intermediate|output)\.)")
-        return [name for name, _ in self.named_parameters() if text.match(name)]
+        pattern = re.compile("|".join(idle))
+        return [name for name, _ in self.named_parameters() if pattern.match(name)]
 
     # ------------------------------------------------------------------ image -> soft prompt
 
@@ -126,15 +141,18 @@ class Blip2(nn.Layer):
         qformer_ids: Tensor | None = None,
         qformer_mask: Tensor | None = None,
         return_logits: bool = False,
+        concept_labels: Tensor | None = None,
     ) -> Blip2Output:
         """Losses for one batch from ``data/collate.py`` (decoder-only LLM layout).
 
         ``qformer_ids``/``qformer_mask`` are the Q-Former's own text: the instruction when the
         Q-Former takes one (InstructBLIP), else the concept sentence for the concept loss.
+        ``concept_labels`` [B, concept_classes]: the image's CUIs as 0/1, for the concept head.
         """
         image, views = self._image_features(pixel_values)
         if self.language_model is None:
-            return self._qformer_caption_loss(image, views, qformer_ids, qformer_mask, return_logits)
+            query_output, out = self._qformer_caption_loss(image, views, qformer_ids, qformer_mask, return_logits)
+            return self._add_detection(out, query_output, views, concept_labels)
         concept = None
         if qformer_ids is not None and views > 1:
             qformer_ids = qformer_ids.repeat_interleave(views, axis=0)
@@ -162,17 +180,34 @@ class Blip2(nn.Layer):
         loss = self.config.caption_loss_weight * caption
         if concept is not None:
             loss = loss + self.config.concept_loss_weight * concept
-        return Blip2Output(loss, caption, concept, out.logits)
+        return self._add_detection(Blip2Output(loss, caption, concept, out.logits), query_output, views, concept_labels)
+
+    def _add_detection(self, out: Blip2Output, query_output: Tensor, views: int,
+                       concept_labels: Tensor | None) -> Blip2Output:
+        """``out`` plus the concept-detection loss: one multi-label prediction per image from its query
+        outputs, flattened so each query keeps its own weights (views averaged)."""
+        if self.concept_head is None or self.config.concept_detection_weight <= 0:
+            return out
+        if concept_labels is None:
+            raise ValueError("Model.concept_detection_weight > 0 needs the images' CUIs in the batch (concept_labels, "
+                             "made by build.build_collator from the records of the imageclef_caption and rocov2 formats)")
+        features = query_output.reshape([-1, views, query_output.shape[1] * query_output.shape[2]]).mean(axis=1)
+        logits = self.concept_head(features).astype("float32")
+        detection = F.binary_cross_entropy_with_logits(logits, concept_labels.astype("float32"))
+        loss = out.loss + self.config.concept_detection_weight * detection
+        return out._replace(loss=loss, detection_loss=detection)
 
     def _qformer_caption_loss(self, image: Tensor, views: int, ids: Tensor | None, mask: Tensor | None,
-                              return_logits: bool) -> Blip2Output:
-        """No LLM: the caption loss is the Q-Former text decoder's, on the caption in its tokenizer."""
+                              return_logits: bool) -> tuple[Tensor, Blip2Output]:
+        """No LLM: the caption loss is the Q-Former text decoder's, on the caption in its tokenizer
+        (returned after the query outputs)."""
         if ids is None or views > 1:
             raise ValueError("a model without an LLM needs the caption in the Q-Former's tokenizer (qformer_ids, "
                              "build.build_collator does it) and one view per sample")
-        _, logits = self.qformer.forward_text(self.query_tokens, image, ids, mask)
+        query_output, logits = self.qformer.forward_text(self.query_tokens, image, ids, mask)
         caption = self.qformer.text_loss(logits, ids, mask)
-        return Blip2Output(self.config.caption_loss_weight * caption, caption, None, logits if return_logits else None)
+        out = Blip2Output(self.config.caption_loss_weight * caption, caption, None, logits if return_logits else None)
+        return query_output, out
 
     # ------------------------------------------------------------------ inference
 
@@ -238,7 +273,10 @@ class Blip2(nn.Layer):
         return model
 
     def _drops(self, key: str) -> bool:
-        """Checkpoint tensors this model has no place for by design: the LLM's when it has none."""
+        """Checkpoint tensors this model has no place for by design: the LLM's when it has none, the
+        concept head's when it has none."""
+        if self.concept_head is None and key.startswith("concept_head."):
+            return True
         return self.language_model is None and key.startswith(("language_model.", "language_projection."))
 
     def load_weights(self, folder: str | Path, only_own: bool = False) -> None:
@@ -256,6 +294,11 @@ class Blip2(nn.Layer):
             handles = [stack.enter_context(safe_open(str(path), framework="paddle")) for path in files]
             shape = {key: list(h.get_slice(key).get_shape()) for h in handles for key in h.keys() if not self._drops(key)}
         missing = [] if only_own else sorted(set(own) - set(shape))
+        if missing and self.concept_head is not None and all(k.startswith("concept_head.") for k in missing):
+            missing = []  # a checkpoint without the head (converted BLIP-2): the head starts fresh
+            fresh = _concept_head(self.config)
+            for name, value in fresh.state_dict().items():
+                own[f"concept_head.{name}"].set_value(value)
         unexpected = sorted(set(shape) - set(own))
         mis_shaped = sorted(
             f"{k}: checkpoint {shape[k]} vs model {list(own[k].shape)}"
@@ -274,6 +317,11 @@ class Blip2(nn.Layer):
             with stride_kernels(), safe_open(str(path), framework="paddle") as handle:
                 for name in (k for k in handle.keys() if not self._drops(k)):
                     own[name].set_value(handle.get_tensor(name).astype(own[name].dtype))
+
+
+def _concept_head(config: ModelConfig) -> nn.Linear:
+    """Flattened query outputs [B, Q*H] -> one logit per CUI of the data's mapping file."""
+    return nn.Linear(config.qformer.num_query_tokens * config.qformer.hidden_size, config.concept_classes)
 
 
 def _check_qformer_only(config: ModelConfig) -> None:
