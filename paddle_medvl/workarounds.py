@@ -6,6 +6,7 @@ Fixes (call them explicitly; nothing here patches anything at import):
 2. ``fix_beam_search_inputs_embeds(model)`` -- paddlenlp beam search with ``inputs_embeds`` crashes.
 3. ``stride_kernels()`` -- safetensors' paddle frontend needs a kernel our device presets turn off.
 4. ``log_softmax(x, axis)`` -- Paddle's CPU ``log_softmax`` floors at -64 and is 7-470x slower than the arithmetic.
+5. ``raise_loader_errors()`` -- Paddle's ``DataLoader`` without workers hangs when a sample or batch fails.
 
 Each has a test in ``tests/test_workarounds.py`` that asserts the defect is still there on the
 unpatched library: when an upgrade fixes one, that test fails and says the workaround can go.
@@ -182,3 +183,41 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     ``bench/log_softmax.py`` shows ``F.log_softmax`` no slower than this.
     """
     return x - paddle.logsumexp(x, axis=axis, keepdim=True)
+
+
+# ---------------------------------------------------------------------------- 5. a loader error hangs
+
+
+def raise_loader_errors() -> None:
+    """Make ``paddle.io.DataLoader(num_workers=0)`` raise the error of the dataset or ``collate_fn``.
+
+    Defect (Paddle 3.3.1): without workers, batches are made in a thread whose loop catches only
+    StopIteration; any other error ends the thread (its traceback printed) but leaves the queue the
+    main thread waits on open, so training hangs for ever after an undecodable image or a bad record.
+    With workers Paddle kills the queue and raises. The fix does the same for the thread, and the
+    iterator raises the thread's own error. Idempotent. Remove when
+    ``tests/test_workarounds.py::test_loader_error_defect_still_present`` fails.
+    """
+    from paddle.io.dataloader.dataloader_iter import _DataLoaderIterSingleProcess as Iter
+
+    if getattr(Iter, "_medvl_raises", False):
+        return
+    loop, next_batch = Iter._thread_loop, Iter.__next__
+
+    def _thread_loop(self, *args: Any) -> None:
+        try:
+            loop(self, *args)
+        except Exception as e:  # noqa: BLE001 -- handed to the main thread
+            self._medvl_error = e
+            self._exit_thread_unexpectedly()
+
+    def __next__(self):  # noqa: ANN001
+        try:
+            return next_batch(self)
+        except Exception:
+            error = getattr(self, "_medvl_error", None)
+            if error is None:
+                raise
+            raise error from None
+
+    Iter._thread_loop, Iter.__next__, Iter._medvl_raises = _thread_loop, __next__, True

@@ -6,6 +6,8 @@ fails after an upgrade, the library fixed the defect: remove the workaround it n
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -296,3 +298,59 @@ def test_log_softmax_is_exact_in_values_and_gradients():
         want_grad = g - np.exp(want) * g.sum(axis=axis, keepdims=True)
         np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(t.grad.numpy(), want_grad, rtol=1e-4, atol=1e-4)
+
+
+_FAILING_LOADER = """
+import os, sys, threading
+import numpy as np
+import paddle
+
+class Bad(paddle.io.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        raise ValueError("image 2 is truncated")
+
+if sys.argv[1] == "fixed":
+    from paddle_medvl.workarounds import raise_loader_errors
+    raise_loader_errors()
+threading.Timer(15, lambda: os._exit(3)).start()  # still waiting after 15 s: hung
+try:
+    next(iter(paddle.io.DataLoader(Bad(), batch_size=2, num_workers=0)))
+except ValueError as e:
+    print("raised:", e, flush=True)
+    os._exit(0)
+"""
+
+
+def _run_failing_loader(mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _FAILING_LOADER, mode], capture_output=True, text=True, timeout=120)
+
+
+def test_loader_error_defect_still_present():
+    """DEFECT (Paddle 3.3.1): a DataLoader without workers waits for ever after its dataset raises."""
+    assert _run_failing_loader("paddle").returncode == 3
+
+
+def test_loader_errors_are_raised(tmp_path):
+    """With the fix the error reaches the caller, from the dataset and from ``collate_fn`` alike, in this
+    process and in a fresh one; a record's undecodable image stops a loader with its file and ID."""
+    from paddle_medvl.config import DataConfig
+    from paddle_medvl.data import Record
+    from paddle_medvl.data.dataset import RecordDataset  # applies the fix
+    from paddle_medvl.data.record import DataError
+
+    fresh = _run_failing_loader("fixed")
+    assert fresh.returncode == 0 and "raised: image 2 is truncated" in fresh.stdout
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    dataset = RecordDataset([Record("A_1", [str(tmp_path / "a.png")], "", "x")], DataConfig(image_size=16), train=False)
+    with pytest.raises(DataError, match=r"a\.png: .*\(record A_1\)"):
+        next(iter(paddle.io.DataLoader(dataset, batch_size=1, num_workers=0)))
+
+    def refuse(samples):
+        raise ValueError("collate says no")
+
+    good = paddle.io.TensorDataset([paddle.zeros([4, 2])])
+    with pytest.raises(ValueError, match="collate says no"):
+        next(iter(paddle.io.DataLoader(good, batch_size=2, num_workers=0, collate_fn=refuse)))

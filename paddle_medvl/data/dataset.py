@@ -24,6 +24,7 @@ import paddle
 
 from ..config import DataConfig
 from .image import build_transform, load_image
+from ..workarounds import raise_loader_errors
 from .record import DataError, Record
 
 VIEWS = ("first", "all")
@@ -43,6 +44,7 @@ class RecordDataset(paddle.io.Dataset):
                     f"Data.views=all needs the same number of views per study: {records[0].id} has "
                     f"{len(records[0].images)}, {odd.id} has {len(odd.images)}; use Data.views=first"
                 )
+        raise_loader_errors()  # a bad record must stop a loader without workers, not hang it
         self.records = records
         self.views = cfg.views
         self.on_error = cfg.on_error
