@@ -256,8 +256,10 @@ def test_concept_head_learns_the_cuis_and_starts_fresh_over_weights_without_it(d
     converted BLIP-2 does) it starts fresh and is saved; a class count that is not the mapping's, or a
     frozen head, is refused before training goes wrong."""
     from paddle_medvl.config import ConfigError
+    from dataclasses import replace
+
     from paddle_medvl.data.synthetic import CUI_NAMES
-    from paddle_medvl.models.blip2 import Blip2
+    from paddle_medvl.models.blip2 import Blip2, checkpoint_config
 
     _, config = demo
     classes = len(CUI_NAMES)
@@ -275,6 +277,8 @@ def test_concept_head_learns_the_cuis_and_starts_fresh_over_weights_without_it(d
     assert "concept_head.weight" not in weights(straight / "final")
     assert "concept_head.bias" in weights(tmp_path / "b" / "final")
     assert Blip2.from_pretrained(tmp_path / "b" / "final").concept_head is not None
+    without = replace(checkpoint_config(tmp_path / "a" / "final"), concept_classes=0, concept_detection_weight=0.0)
+    assert Blip2.from_pretrained(tmp_path / "a" / "final", without).concept_head is None  # the head's tensors dropped
 
     with pytest.raises(ValueError, match=f"set Model.concept_classes={classes}"):
         train_in_process(config, f"Train.output_dir={tmp_path / 'c'}", *head[1:], f"Model.concept_classes={classes - 1}")

@@ -23,8 +23,8 @@ import numpy as np
 import paddle
 
 from ..config import DataConfig
-from .image import build_transform, load_image
 from ..workarounds import raise_loader_errors
+from .image import build_transform, load_image
 from .record import DataError, Record
 
 VIEWS = ("first", "all")
