@@ -140,6 +140,8 @@ def _train(cfg: Config) -> dict:
         if summary["best_checkpoint"]:
             lines.append(f"[train] best {cfg.Train.best_metric} {summary['best_metric']:.4f} at {summary['best_checkpoint']}")
         print("\n".join(lines), flush=True)
+    if size > 1:
+        paddle.distributed.barrier()  # leave together: no rank exits while another still talks to it
     return summary
 
 
