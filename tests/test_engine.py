@@ -255,9 +255,9 @@ def test_concept_head_learns_the_cuis_and_starts_fresh_over_weights_without_it(d
     """The concept-detection head: its loss is logged and falls; over stage 1 weights that lack it (as a
     converted BLIP-2 does) it starts fresh and is saved; a class count that is not the mapping's, or a
     frozen head, is refused before training goes wrong."""
-    from paddle_medvl.config import ConfigError
     from dataclasses import replace
 
+    from paddle_medvl.config import ConfigError
     from paddle_medvl.data.synthetic import CUI_NAMES
     from paddle_medvl.models.blip2 import Blip2, checkpoint_config
 
@@ -280,7 +280,7 @@ def test_concept_head_learns_the_cuis_and_starts_fresh_over_weights_without_it(d
     without = replace(checkpoint_config(tmp_path / "a" / "final"), concept_classes=0, concept_detection_weight=0.0)
     assert Blip2.from_pretrained(tmp_path / "a" / "final", without).concept_head is None  # the head's tensors dropped
 
-    with pytest.raises(ValueError, match=f"set Model.concept_classes={classes}"):
+    with pytest.raises(ConfigError, match=f"set Model.concept_classes={classes}"):
         train_in_process(config, f"Train.output_dir={tmp_path / 'c'}", *head[1:], f"Model.concept_classes={classes - 1}")
     with pytest.raises(ConfigError, match="the concept head is frozen"):
         train_in_process(config, f"Train.output_dir={tmp_path / 'd'}", *head[:2])

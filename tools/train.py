@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     from paddle_medvl.data import DataError
     from paddle_medvl.device import DeviceError
     from paddle_medvl.engine import train
-
     from paddle_medvl.engine.trainer import world
 
     try:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import ConfigError
+
 IGNORE_INDEX = -100
 
 
@@ -124,8 +126,8 @@ def check_concept_classes(records: list, classes: int) -> None:
     for record in records:
         found = record.extras.get("concept_classes")
         if found is None:
-            raise ValueError(f"record {record.id}: the concept head learns the images' CUIs, which only the "
+            raise ConfigError(f"record {record.id}: the concept head learns the images' CUIs, which only the "
                              "imageclef_caption and rocov2 data formats carry (Model.concept_classes > 0)")
         if found != classes:
-            raise ValueError(f"Model.concept_classes is {classes}, but the data's CUI mapping file lists {found} "
+            raise ConfigError(f"Model.concept_classes is {classes}, but the data's CUI mapping file lists {found} "
                              f"CUIs (record {record.id}): set Model.concept_classes={found}")
