@@ -42,6 +42,8 @@ from .optim import build_scheduler, flat_parameters, param_groups
 MODEL_DIR = "final"  # output_dir/final: the weights at the end, a Model.pretrained for the next stage
 SUMMARY_FILE = "summary.json"
 LOSS_PARTS = ("caption_loss", "concept_loss", "detection_loss")  # Blip2Output fields, logged beside the loss
+# The batch keys Blip2.forward takes (the collator also writes index, prompt_ids, ... for generation)
+MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "labels", "qformer_ids", "qformer_mask", "concept_labels")
 AMP_CHOICES = ("auto", "off", "float16", "bfloat16")
 # Fleet sharding of the optimizer states. Not stage2: on Paddle 3.3.1 (GroupShardedStage2, test plugin
 # device) one step left 83 of 99 trainable tensors up to one lr away from data parallel's result.
@@ -239,12 +241,7 @@ class MedVLTrainer(Trainer):
     # ------------------------------------------------------------------ the step
 
     def compute_loss(self, model, inputs, return_outputs=False):
-        out = model(
-            pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"], labels=inputs["labels"],
-            qformer_ids=inputs.get("qformer_ids"), qformer_mask=inputs.get("qformer_mask"),
-            concept_labels=inputs.get("concept_labels"),
-        )
+        out = model(**_model_inputs(inputs))
         for key in self._parts:
             value = getattr(out, key)
             if value is not None:
@@ -306,10 +303,8 @@ class MedVLTrainer(Trainer):
         total, count = 0.0, 0
         try:
             for batch in loader:
-                inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "input_ids", "attention_mask", "labels",
-                                                                   "qformer_ids", "qformer_mask", "concept_labels")}
                 with self.autocast_smart_context_manager():
-                    out = self.model(**inputs)
+                    out = self.model(**_model_inputs(batch))
                 n = int(batch["pixel_values"].shape[0])
                 total += float(out.loss) * n
                 count += n
@@ -403,6 +398,10 @@ def _same_base(folder: Path, pretrained: str) -> bool:
 
     base = checkpoint_config(folder).pretrained
     return bool(base and pretrained) and Path(base).resolve() == Path(pretrained).resolve()
+
+
+def _model_inputs(batch: dict) -> dict:
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
 
 
 def _mean_over_ranks(value: float) -> float:
