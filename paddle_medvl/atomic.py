@@ -36,3 +36,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[TextIO], None]) -> Pa
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         write(f)
     return Path(path)
+
+
+def strict(obj):
+    """``obj`` with every non-finite float replaced by None: JSON has no NaN or Infinity."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:
+    """Strict JSON (non-finite floats become null; ``default=str`` for paths and the like), atomically."""
+    import json
+
+    text = json.dumps(strict(obj), indent=indent, ensure_ascii=False, allow_nan=False, default=str)
+    return atomic_write(path, lambda f: f.write(text + "\n"))

@@ -19,8 +19,10 @@ from typing import Any, Sequence
 
 import yaml
 
+from .errors import MedVLError
 
-class ConfigError(ValueError):
+
+class ConfigError(MedVLError, ValueError):
     """A config that cannot be used; the message names the key and where it was set."""
 
 
@@ -190,6 +192,10 @@ class TrainConfig:
     amp: str = "auto"  # auto (the device's default: off on cpu) | off | float16 | bfloat16
     amp_level: str = "O1"  # O1: matmuls in half precision, layer norms / softmax / the loss in float32
     loss_scale: float = 32768.0  # float16's initial dynamic loss scale
+    # float16's loss scaler skips a step whose gradients overflow and lowers the scale; this many skips
+    # in a row stop training (the loss is diverging, not the scale settling). Without a scaler, the
+    # first non-finite loss stops training.
+    max_skipped_steps: int = 20
     log_steps: int = 10
     eval_steps: int = 0  # validate every N steps; 0 = at the end of each epoch; < 0 = only once training ends (Data.val_split "" = never)
     eval_samples: int = 64  # validation on the first N records of Data.val_split; 0 = all
@@ -216,13 +222,41 @@ class Config:
 # ---------------------------------------------------------------------------- reading files
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (no tags that build objects), but a key written twice in one
+    mapping is an error: safe_load keeps the last silently, so a second ``Train:`` section would
+    drop the first one's settings without a word."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(f"{key_node.start_mark.name}:{line}: key {key!r} written twice "
+                              f"(first on line {seen[key]}); one mapping takes each key once")
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is None:

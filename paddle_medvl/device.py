@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Mapping, MutableMapping
 
+from .errors import MedVLError
+
 # The environment the official Ascend images use (REFERENCE.md section 3). Applied only where
 # the user has not set a value. ASCEND_RT_VISIBLE_DEVICES is deliberately absent: it must be
 # set before the runtime starts (Dockerfile.ascend does that), and setting it here would hide
@@ -42,7 +44,7 @@ _SPEC = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)(?::(?P<index>\d+))?$")
 _FORMS = "auto | cpu | gpu[:N] | npu[:N] | <registered custom device type>[:N]"
 
 
-class DeviceError(RuntimeError):
+class DeviceError(MedVLError, RuntimeError):
     """The device flag cannot be honoured on this machine; the message says how to fix it."""
 
 

@@ -145,3 +145,14 @@ def test_command_line_habit(tmp_path):
     args = parser.parse_args(["-c", str(leaf), "-o", "Global.seed=7", "-o", "Global.device=gpu:1"])
     cfg = load_config(args.config, args.override)
     assert to_dict(cfg)["Global"] == {"device": "gpu:1", "seed": 7, "resume": ""}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Train:\n  lr: 0.1\nGlobal:\n  seed: 1\nTrain:\n  epochs: 3\n", r"a.yaml:5: key 'Train' written twice \(first on line 1\)"),
+    ("Train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", r"a.yaml:4: key 'lr' written twice \(first on line 2\)"),
+])
+def test_a_key_written_twice_is_an_error(tmp_path, text, message):
+    """safe_load keeps the last silently: a second Train section would drop the first one's lr."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path / "a.yaml", text), schema=Schema)
+

@@ -142,17 +142,29 @@ def test_stage1_moves_both_losses_and_freezes_the_llm(demo, tmp_path):
     assert not names_with_state & {p.name for p in llm.values()}
 
 
+def check_summary(out: Path, steps: int, steps_this_run: int) -> dict:
+    """The run's own summary.json, strict JSON (no NaN), with its step counts."""
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+    assert (summary["steps"], summary["steps_this_run"]) == (steps, steps_this_run)
+    assert summary["final_weights"] == str(out / "final")
+    return summary
+
+
 def test_resume_after_sigkill_is_bit_exact(demo, straight, tmp_path):
-    """4 steps, SIGKILL right after checkpoint-4, resume: auto with 2 loader workers -> the same
-    bits as 8 steps straight with none."""
+    """4 steps, SIGKILL right after checkpoint-4, resume: auto with 2 loader workers and keep_last 1
+    (which deletes checkpoint-4 at step 8) -> exit 0, the resumed run's summary and the same bits as
+    8 steps straight with none."""
     _, config = demo
     out = tmp_path / "killed"
     proc = run([str(SCRIPTS / "train_killed.py"), "after-save", "4", str(config), f"Train.output_dir={out}"], check=False)
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert (out / "checkpoint-4").is_dir() and not (out / "final").exists()
+    (out / "summary.json").write_text('{"steps": 99}')  # an earlier run's: must not survive this one
     proc = run(["tools/train.py", "-c", str(config), "-o", f"Train.output_dir={out}", "Global.resume=auto",
-                "Data.num_workers=2"])
+                "Data.num_workers=2", "Train.keep_last=1"])
     assert "resuming from" in proc.stdout
+    assert not (out / "checkpoint-4").exists()
+    check_summary(out, 8, 4)
     a, b = weights(straight / "final"), weights(out / "final")
     assert a.keys() == b.keys()
     for key in a:
@@ -208,10 +220,102 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(demo, straight, tmp
     assert not (out / "checkpoint-8").exists()
     assert ckpt.latest(out) == out / "checkpoint-4"
     Blip2.from_pretrained(out / "checkpoint-4")  # complete and loadable
-    run(["tools/train.py", "-c", str(config), "-o", f"Train.output_dir={out}", "Global.resume=auto"])
+    run(["tools/train.py", "-c", str(config), "-o", f"Train.output_dir={out}", "Global.resume=auto", "Train.keep_last=1"])
     assert not (out / ".tmp-checkpoint-8").exists()
+    check_summary(out, 8, 4)
     a, b = weights(straight / "final"), weights(out / "final")
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_nonfinite_loss_stops_training_before_any_bad_checkpoint(demo, tmp_path):
+    """lr 1e30: the weights blow up at the first update. The run stops with an error naming the step,
+    the loss parts and the batch's records; exit 1; every checkpoint left is finite; no final/, no summary."""
+    from paddle_medvl.engine import checkpoint as ckpt
+
+    _, config = demo
+    out = tmp_path / "diverged"
+    proc = run(["tools/train.py", "-c", str(config), "-o", f"Train.output_dir={out}", "Train.lr=1e30",
+                "Train.warmup_steps=0", "Train.save_steps=1", "Train.max_grad_norm=0"], check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: step "), proc.stderr[-3000:]
+    assert "non-finite weights" in error or "the loss is nan" in error, error
+    if "the loss is" in error:
+        assert "caption " in error and "concept " in error
+        assert "batch records: ImageCLEFmedical_Caption_2023_train_" in error
+    assert not (out / "final").exists() and not (out / "summary.json").exists()
+    for folder in ckpt.checkpoints(out):
+        assert all(np.isfinite(v).all() for v in weights(folder).values()), folder
+
+
+def test_nonfinite_loss_names_the_batch(demo, tmp_path, monkeypatch):
+    """The loss check itself (a finite-weights model whose loss is nan): the first step stops."""
+    import paddle
+
+    from paddle_medvl.engine.trainer import TrainingDiverged
+    from paddle_medvl.models.blip2 import Blip2
+
+    forward = Blip2.forward
+
+    def nan_forward(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        return out._replace(loss=out.loss * paddle.to_tensor(float("nan")))
+
+    monkeypatch.setattr(Blip2, "forward", nan_forward)
+    _, config = demo
+    with pytest.raises(TrainingDiverged, match=r"step 1: the loss is nan \(caption [0-9.]+, concept [0-9.]+\); "
+                                               r"batch records: (ImageCLEFmedical_Caption_2023_train_\d+, ){3}"):
+        train_in_process(config, f"Train.output_dir={tmp_path}")
+    assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "summary.json").exists()
+
+
+def test_loss_scaler_skips_are_allowed_until_the_limit():
+    from types import SimpleNamespace
+
+    from paddle_medvl.engine.trainer import SkippedSteps, TrainingDiverged
+
+    guard, state = SkippedSteps(3), SimpleNamespace(global_step=10)
+    for found in (True, True, False, True, True):  # a step that ran resets the count
+        guard.on_optimizer_end(None, state, None, scaler=SimpleNamespace(_cache_found_inf=found))
+    with pytest.raises(TrainingDiverged, match="step 11: the float16 loss scaler skipped 3 steps in a row"):
+        guard.on_optimizer_end(None, state, None, scaler=SimpleNamespace(_cache_found_inf=True))
+    guard.on_optimizer_end(None, state, None, scaler=None)  # no scaler: nothing to count
+
+
+def test_checkpoint_states_are_safetensors_and_strict_json(straight):
+    folder = straight / "checkpoint-8"
+    names = {p.name for p in folder.iterdir()}
+    assert not {n for n in names if n.endswith((".pdopt", ".pdparams", ".pth", ".pkl"))}, names
+    assert {"optimizer.json", "optimizer.safetensors", "scheduler.json", "rng_state.json", "trainer_state.json"} <= names
+    for name in names:
+        if name.endswith(".json"):
+            json.loads((folder / name).read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {name}"))
+
+
+def test_resume_refuses_a_pickle_payload(demo, straight, tmp_path):
+    """A checkpoint of the old layout (optimizer.pdopt, a pickle) whose pickle calls os.system: the
+    resume is refused, naming the class, and the payload never runs."""
+    import pickle
+    import shutil
+
+    _, config = demo
+    out = tmp_path / "handed"
+    shutil.copytree(straight / "checkpoint-4", out / "checkpoint-4")
+    for name in ("optimizer.json", "optimizer.safetensors"):
+        (out / "checkpoint-4" / name).unlink()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+
+            return os.system, (f"touch {marker}",)
+
+    (out / "checkpoint-4" / "optimizer.pdopt").write_bytes(pickle.dumps({"x": Payload()}))
+    proc = run(["tools/train.py", "-c", str(config), "-o", f"Train.output_dir={out}", "Global.resume=auto"], check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "optimizer.pdopt" in proc.stderr and "system" in proc.stderr, proc.stderr[-2000:]
+    assert not marker.exists()
 
 
 def test_keep_last_and_best(demo, tmp_path):
@@ -286,14 +390,31 @@ def test_concept_head_learns_the_cuis_and_starts_fresh_over_weights_without_it(d
         train_in_process(config, f"Train.output_dir={tmp_path / 'd'}", *head[:2])
 
 
-def test_bad_train_config_errors(demo, tmp_path):
+def test_bad_train_config_errors(demo, tmp_path, monkeypatch):
     from paddle_medvl.config import ConfigError
 
     _, config = demo
     with pytest.raises(ConfigError, match="Train.trainable: 'visual_model' matches no parameter"):
         train_in_process(config, f"Train.output_dir={tmp_path}", "Train.trainable=[visual_model]")
-    with pytest.raises(ConfigError, match="Train.schedule must be one of"):
-        train_in_process(config, f"Train.output_dir={tmp_path}", "Train.schedule=cosin")
+    # Caught before the model, the tokenizers or the data are built (build_model would fail first).
+    import paddle_medvl.build as build
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built the model before checking the config")
+
+    monkeypatch.setattr(build, "build_model", no_build)
+    monkeypatch.setattr(build, "build_tokenizers", no_build)
+    for override, message in [
+        ("Train.schedule=cosin", "Train.schedule must be one of cosine, linear, constant, got 'cosin'"),
+        ("Train.lr=0", "Train.lr must be > 0, got 0"),
+        ("Train.lr=-1e-4", "Train.lr must be > 0, got -0.0001"),
+        ("Train.best_metric=BLEU4", "Train.best_metric 'BLEU4' is not a metric the caption task reports .*BLEU-4"),
+        ("Train.best_metric=METEOR", "Eval.meteor is false"),
+        ("Eval.task=captions", "Eval.task must be one of caption, vqa, report, got 'captions'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            train_in_process(config, f"Train.output_dir={tmp_path}", override)
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="Global.resume: .* is not a complete checkpoint"):
         train_in_process(config, f"Train.output_dir={tmp_path}", f"Global.resume={tmp_path}")
 

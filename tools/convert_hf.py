@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from paddle_medvl.convert.hf import DTYPES, ConversionError, convert
+from paddle_medvl.convert.hf import DTYPES, convert
+from paddle_medvl.errors import USER_ERRORS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = convert(args.hf, args.out, args.dtype, args.qformer_text, int(args.shard_gb * (1 << 30)))
-    except (ConversionError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

@@ -26,17 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config:
         parser.error("give a config: -c CONFIG.yaml")
 
-    from paddle_medvl.build import BuildError
-    from paddle_medvl.config import ConfigError, load_config
-    from paddle_medvl.data import DataError
-    from paddle_medvl.device import DeviceError
+    from paddle_medvl.config import load_config
     from paddle_medvl.engine import train
     from paddle_medvl.engine.trainer import world
+    from paddle_medvl.errors import USER_ERRORS
 
     try:
         cfg = load_config(args.config, args.override)
         train(cfg)
-    except (BuildError, ConfigError, DataError, DeviceError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if world()[1] > 1:  # Paddle's teardown under launch can abort a finished rank (workarounds.py): skip it

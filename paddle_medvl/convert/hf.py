@@ -23,13 +23,14 @@ from paddle import nn
 
 from ..config import LanguageConfig, ModelConfig, QFormerConfig, VisionConfig, to_dict
 from ..atomic import atomic_path, atomic_write
+from ..errors import MedVLError
 from ..workarounds import stride_kernels
 from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, _yaml, skeleton, weight_files
 
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 
 
-class ConversionError(ValueError):
+class ConversionError(MedVLError, ValueError):
     """The checkpoint does not convert; the message lists what is missing, unexpected or mis-shaped."""
 
 

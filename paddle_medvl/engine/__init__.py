@@ -25,6 +25,32 @@ def resume_folder(cfg: Config) -> Path | None:
     return folder
 
 
+def check_train_config(cfg: Config) -> None:
+    """Mistakes in ``Train`` / ``Eval`` that would otherwise surface after the model and data are built."""
+    from ..eval.evaluate import TASK_METRICS, eval_task
+    from .optim import SCHEDULES
+
+    train = cfg.Train
+    if not train.lr > 0:
+        raise ConfigError(f"Train.lr must be > 0, got {train.lr:g}")
+    for i, group in enumerate(train.param_groups):
+        if group.lr is not None and not group.lr > 0:
+            raise ConfigError(f"Train.param_groups[{i}].lr must be > 0, got {group.lr:g}")
+    if train.min_lr < 0:
+        raise ConfigError(f"Train.min_lr must be >= 0, got {train.min_lr:g}")
+    if train.schedule not in SCHEDULES:
+        raise ConfigError(f"Train.schedule must be one of {', '.join(SCHEDULES)}, got {train.schedule!r}")
+    task = eval_task(cfg)
+    if train.best_metric and train.best_metric not in TASK_METRICS[task]:
+        raise ConfigError(f"Train.best_metric {train.best_metric!r} is not a metric the {task} task reports "
+                          f"({', '.join(TASK_METRICS[task])})")
+    if train.best_metric == "METEOR" and not cfg.Eval.meteor:
+        raise ConfigError("Train.best_metric is METEOR, but Eval.meteor is false (METEOR is not computed)")
+    if train.best_metric == "BERTScore" and not cfg.Eval.bertscore_model:
+        raise ConfigError("Train.best_metric is BERTScore, but Eval.bertscore_model names no local model (BERTScore "
+                          "is not computed)")
+
+
 def train(cfg: Config) -> dict:
     """Fine-tune as the config says; returns (and writes to ``output_dir/summary.json``) the summary.
 
@@ -49,8 +75,9 @@ def _train(cfg: Config) -> dict:
     from ..device import setup_device
     from . import checkpoint as ckpt
     from .optim import apply_trainable
-    from .trainer import AMP_CHOICES, MODEL_DIR, LogLines, MedVLTrainer, training_arguments, world, write_summary
+    from .trainer import AMP_CHOICES, MODEL_DIR, SUMMARY_FILE, LogLines, MedVLTrainer, training_arguments, world, write_summary
 
+    check_train_config(cfg)
     if cfg.Train.amp not in AMP_CHOICES:
         raise ConfigError(f"Train.amp must be one of {', '.join(AMP_CHOICES)}, got {cfg.Train.amp!r}")
     device = setup_device(cfg.Global.device)
@@ -59,6 +86,7 @@ def _train(cfg: Config) -> dict:
     args = training_arguments(cfg, device, amp)  # also starts the distributed environment under launch
     rank, size = world()
     resume = resume_folder(cfg)
+    resumed_step = _resumed_step(resume) if resume else 0  # now: Train.keep_last may delete that folder
 
     paddle.seed(cfg.Global.seed)
     np.random.seed(cfg.Global.seed)
@@ -84,6 +112,9 @@ def _train(cfg: Config) -> dict:
     output = Path(cfg.Train.output_dir)
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
+        # A summary describes the run that ended with it: one of an earlier run must not outlive a
+        # run that stops (a crash, a diverged loss) before writing its own.
+        (output / SUMMARY_FILE).unlink(missing_ok=True)
         for path in ckpt.remove_partial(output):
             print(f"[train] removed {path}, left by an interrupted save", flush=True)
         from ..atomic import atomic_write
@@ -116,7 +147,7 @@ def _train(cfg: Config) -> dict:
     finally:
         log_lines.close()
     final = trainer.save_final()
-    steps_run = result.global_step - (_resumed_step(resume) if resume else 0)
+    steps_run = result.global_step - resumed_step
     summary = {
         "steps": result.global_step,
         "steps_this_run": steps_run,

@@ -11,8 +11,12 @@ What is ours, and why:
   norms) with ``optim.build_scheduler`` (warm-up, then cosine/linear to ``min_lr`` or constant).
 * checkpoints: written to a temporary folder and renamed (``checkpoint.write_folder``); weights as
   safetensors (only the trainable ones when ``Model.pretrained`` holds the rest); the optimizer,
-  scheduler, loss-scaler, RNG and trainer-state files keep paddlenlp's names and formats, so its
-  loaders read them back. Keep the newest ``Train.keep_last`` and the best by ``Train.best_metric``.
+  scheduler, loss-scaler and RNG states as safetensors + JSON (``engine/state.py``: paddlenlp's pickles
+  would run a handed-over checkpoint's code on resume), read back by our own loaders. Keep the newest
+  ``Train.keep_last`` and the best by ``Train.best_metric``. Never a checkpoint with non-finite weights.
+* divergence: the first non-finite loss stops training with an error naming the step, the loss parts
+  and the batch's records; under a float16 loss scaler, ``Train.max_skipped_steps`` overflow skips in
+  a row do.
 * resume: paddlenlp restores the RNG only after skipping batches inside an epoch, so a checkpoint
   taken at an epoch boundary would resume with fresh RNG; we restore it on load as well.
 * validation: the loss and the task's metrics on ``Train.eval_samples`` records, with generation
@@ -20,7 +24,7 @@ What is ours, and why:
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import random
 import time
@@ -34,11 +38,16 @@ from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
 from paddlenlp.trainer.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from paddlenlp.transformers.model_utils import _add_variant
 
+from ..atomic import write_json
 from ..config import Config, ConfigError
 from ..data.dataset import RecordDataset
+from ..errors import MedVLError
 from . import checkpoint as ckpt
+from . import state as states
 from .optim import build_scheduler, flat_parameters, param_groups
 
+# The training states in a checkpoint folder (engine/state.py: NAME.json + NAME.safetensors)
+STATE_NAMES = {"optimizer": "optimizer", "scheduler": "scheduler", "scaler": "scaler", "rng": "rng_state"}
 MODEL_DIR = "final"  # output_dir/final: the weights at the end, a Model.pretrained for the next stage
 SUMMARY_FILE = "summary.json"
 LOSS_PARTS = ("caption_loss", "concept_loss", "detection_loss")  # Blip2Output fields, logged beside the loss
@@ -51,6 +60,10 @@ SHARDING = ("", "stage1")
 # Kept in float32 under AMP besides Paddle's own list (which has layer_norm, softmax, cross_entropy...):
 # F.cross_entropy's dygraph op, which that list misses (the Q-Former's concept loss takes fp16 logits).
 AMP_BLACK_LIST = ["cross_entropy_with_softmax"]
+
+
+class TrainingDiverged(MedVLError, RuntimeError):
+    """A non-finite loss or weight: the message names the step, the values and the records."""
 
 
 def world() -> tuple[int, int]:
@@ -86,6 +99,25 @@ class EpochBatchSampler(paddle.io.DistributedBatchSampler):
 
     def __len__(self) -> int:
         return self.per_rank // self.batch_size
+
+
+class SkippedSteps(TrainerCallback):
+    """Stops training after ``limit`` optimizer steps in a row that the loss scaler skipped (overflow)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.run = limit, 0
+
+    def on_optimizer_end(self, args, state, control, scaler=None, **kwargs):
+        if scaler is None:
+            return
+        found = getattr(scaler, "_cache_found_inf", getattr(scaler, "_cache_founf_inf", False))
+        self.run = self.run + 1 if bool(found) else 0
+        if self.limit > 0 and self.run >= self.limit:
+            raise TrainingDiverged(
+                f"step {state.global_step + 1}: the float16 loss scaler skipped {self.run} steps in a row "
+                f"(gradients overflow at every scale; Train.max_skipped_steps={self.limit}); training stopped "
+                "(lower Train.lr or use bfloat16/float32)"
+            )
 
 
 class LogLines(TrainerCallback):
@@ -206,6 +238,7 @@ class MedVLTrainer(Trainer):
         self.trainable = list(trainable)
         self._parts: dict[str, list[float]] = {key: [] for key in LOSS_PARTS}
         self.last_eval, self.last_eval_step = None, -1
+        self.add_callback(SkippedSteps(cfg.Train.max_skipped_steps))
 
     # ------------------------------------------------------------------ data, optimizer, schedule
 
@@ -242,11 +275,36 @@ class MedVLTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False):
         out = model(**_model_inputs(inputs))
-        for key in self._parts:
-            value = getattr(out, key)
-            if value is not None:
-                self._parts[key].append(float(value))
+        parts = {key: float(getattr(out, key)) for key in self._parts if getattr(out, key) is not None}
+        for key, value in parts.items():
+            self._parts[key].append(value)
+        loss = float(out.loss)
+        if not math.isfinite(loss) and not self.do_grad_scaling:  # the scaler skips such a step itself
+            self._diverged(f"the loss is {loss}", parts, inputs)
         return (out.loss, out) if return_outputs else out.loss
+
+    def _diverged(self, what: str, parts: dict[str, float], inputs: dict | None) -> None:
+        ids = [self.train_dataset.records[int(i)].id for i in inputs["index"]] if inputs and "index" in inputs else []
+        detail = ", ".join(f"{k.replace('_loss', '')} {v}" for k, v in parts.items())
+        raise TrainingDiverged(
+            f"step {self.state.global_step + 1}: {what}" + (f" ({detail})" if detail else "")
+            + (f"; batch records: {', '.join(ids)}" if ids else "")
+            + f"; training stopped, no checkpoint written with these weights (lower Train.lr, now {self.cfg.Train.lr:g}, "
+            "or check these records)"
+        )
+
+    def check_finite_weights(self) -> None:
+        """Before any save: a non-finite trainable weight is an error naming it (the loss may still look finite)."""
+        bad = [p.name for name, p in self.model.named_parameters()
+               if not p.stop_gradient and not bool(paddle.isfinite(p).all())]
+        if bad:
+            named = {p.name: name for name, p in self.model.named_parameters()}
+            names = [named[b] for b in bad]
+            raise TrainingDiverged(
+                f"step {self.state.global_step}: non-finite weights in {len(names)} tensor(s) "
+                f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); training stopped before saving them "
+                f"(lower Train.lr, now {self.cfg.Train.lr:g})"
+            )
 
     def log(self, logs: dict, **kwargs) -> None:
         if "loss" in logs:  # the loss parts over the same steps as paddlenlp's averaged loss
@@ -333,27 +391,27 @@ class MedVLTrainer(Trainer):
             value = metrics[key]
             lower = train.best_metric == "loss"
             best = self.state.best_metric
-            if best is None or (value < best if lower else value > best):
+            if math.isfinite(value) and (best is None or (value < best if lower else value > best)):
                 self.state.best_metric = value
                 self.state.best_model_checkpoint = str(final)
-        rng = {
+        self.check_finite_weights()  # every rank: they hold the same weights and stop together
+        rng = states.rng_to_data({
             "python": random.getstate(),
             "numpy": np.random.get_state(),
             "cuda": paddle.get_rng_state(),
             "cpu": paddle.framework.core.default_cpu_generator().get_state(),
-        }
+        })
         rank, size = world()
         if size > 1:
-            states: list = []
-            dist.all_gather_object(states, rng)
-        # Sharded optimizer states live on their ranks: each writes its own file (paddlenlp's names,
-        # optimizer.<shardNN>.pdopt, which its loader reads back) into the folder rank 0 fills.
+            gathered: list = []
+            dist.all_gather_object(gathered, rng)
+        # Sharded optimizer states live on their ranks: each writes its own state
+        # (optimizer.<shardNN>.*) into the folder rank 0 fills.
         sharded = bool(self.cfg.Train.sharding) and size > 1
-        optimizer_file = _add_variant(OPTIMIZER_NAME, self.args.optimizer_name_suffix) if sharded else OPTIMIZER_NAME
         if not self.args.should_save:
             if sharded:
                 dist.barrier()  # rank 0 has made the temporary folder
-                paddle.save(self.optimizer.state_dict(), str(ckpt.temporary(final) / optimizer_file))
+                states.save_state(ckpt.temporary(final), self._optimizer_state_name(), self.optimizer.state_dict())
                 dist.barrier()  # every shard is written: rank 0 renames the folder
             return
         names, base = self._weights_to_save()
@@ -362,20 +420,21 @@ class MedVLTrainer(Trainer):
             if sharded:
                 dist.barrier()
             self.model.save_pretrained(folder, names, base)
-            paddle.save(self.optimizer.state_dict(), str(folder / optimizer_file))
-            paddle.save(self.lr_scheduler.state_dict(), str(folder / SCHEDULER_NAME))
+            states.save_state(folder, self._optimizer_state_name(), self.optimizer.state_dict())
+            states.save_state(folder, STATE_NAMES["scheduler"], self.lr_scheduler.state_dict())
             if self.do_grad_scaling:
-                paddle.save(self.scaler.state_dict(), str(folder / SCALER_NAME))
-            if size > 1:
-                paddle.save(states, str(folder / f"rng_state_{size}.pth"))
-            else:
-                paddle.save(rng, str(folder / "rng_state.pth"))
+                states.save_state(folder, STATE_NAMES["scaler"], self.scaler.state_dict())
+            states.save_state(folder, _rng_name(size), gathered if size > 1 else rng)
             if sharded:
                 dist.barrier()
-            self.state.save_to_json(str(folder / TRAINER_STATE_NAME))  # last: marks the folder complete
+            write_json(folder / TRAINER_STATE_NAME, dataclasses.asdict(self.state))  # last: marks the folder complete
 
         ckpt.write_folder(final, write)
         ckpt.rotate(self.args.output_dir, train.keep_last, self.state.best_model_checkpoint)
+
+    def _optimizer_state_name(self) -> str:
+        sharded = bool(self.cfg.Train.sharding) and world()[1] > 1
+        return f"{STATE_NAMES['optimizer']}.{self.args.optimizer_name_suffix}" if sharded else STATE_NAMES["optimizer"]
 
     def _load_from_checkpoint(self, resume_from_checkpoint=None):
         if resume_from_checkpoint is None:
@@ -384,12 +443,63 @@ class MedVLTrainer(Trainer):
         self.model.load_weights(folder, only_own=_same_base(folder, self.cfg.Model.pretrained))
         self._load_rng_state(str(folder))
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Our state files (``engine/state.py``), never ``paddle.load``: every rank reads its own."""
+        if checkpoint is None:
+            return
+        folder = Path(checkpoint)
+        name = self._optimizer_state_name()
+        legacy = _add_variant(OPTIMIZER_NAME, self.args.optimizer_name_suffix) if "." in name else OPTIMIZER_NAME
+        self.optimizer.set_state_dict(_to_tensors(states.load_state(folder, name, legacy)))
+        self.lr_scheduler.set_state_dict(states.load_state(folder, STATE_NAMES["scheduler"], SCHEDULER_NAME))
+        if self.do_grad_scaling and states.has_state(folder, STATE_NAMES["scaler"], SCALER_NAME):
+            self.scaler.load_state_dict(states.load_state(folder, STATE_NAMES["scaler"], SCALER_NAME))
+
+    def _load_rng_state(self, checkpoint):
+        """paddlenlp's, over our state files (it would ``paddle.load`` a pickle)."""
+        if checkpoint is None:
+            return
+        rank, size = world()
+        folder = Path(checkpoint)
+        name = _rng_name(size)
+        if not states.has_state(folder, name):
+            if states.has_state(folder, name, _legacy_rng_name(size)):
+                print(f"[train] {folder / _legacy_rng_name(size)}: an RNG pickle of an earlier version, not read "
+                      "(it holds Paddle objects, which the safe reader refuses); this resumed run's randomness "
+                      "differs from an uninterrupted one", flush=True)
+            return
+        data = states.load_state(folder, name)
+        rng = states.rng_from_data(data[rank] if size > 1 else data)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        paddle.framework.core.default_cpu_generator().set_state(rng["cpu"])
+        if rng["cuda"]:  # the current device's generators (the CPU's again on the CPU)
+            paddle.set_rng_state(rng["cuda"])
+
     def save_final(self) -> Path | None:
         """``output_dir/final``: the weights now (a ``Model.pretrained`` for the next stage)."""
+        self.check_finite_weights()
         if not self.args.should_save:
             return None
         names, base = self._weights_to_save()
         return ckpt.write_folder(Path(self.args.output_dir) / MODEL_DIR, lambda f: self.model.save_pretrained(f, names, base))
+
+
+def _rng_name(size: int) -> str:
+    return f"{STATE_NAMES['rng']}_{size}" if size > 1 else STATE_NAMES["rng"]
+
+
+def _legacy_rng_name(size: int) -> str:
+    return f"rng_state_{size}.pth" if size > 1 else "rng_state.pth"
+
+
+def _to_tensors(state):
+    """Optimizer states from disk as the tensors ``set_state_dict`` expects."""
+    if isinstance(state, np.ndarray):
+        return paddle.to_tensor(state)
+    if isinstance(state, dict):
+        return {k: _to_tensors(v) for k, v in state.items()}
+    return state
 
 
 def _same_base(folder: Path, pretrained: str) -> bool:
@@ -413,10 +523,6 @@ def _mean_over_ranks(value: float) -> float:
 
 
 def write_summary(output_dir: str | Path, summary: dict) -> Path:
-    from ..atomic import atomic_write
-
-    path = Path(output_dir) / SUMMARY_FILE
-    atomic_write(path, lambda f: f.write(json.dumps(summary, indent=2, default=str)))
-    return path
+    return write_json(Path(output_dir) / SUMMARY_FILE, summary)
 
 

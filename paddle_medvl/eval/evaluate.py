@@ -38,6 +38,13 @@ FORMAT_TASKS = {
 FORMAT_REPORT_CLEANING = {"iu_xray": "iu_xray", "mimic_cxr": "mimic_cxr"}
 REPORT_CLEANINGS = ("iu_xray", "mimic_cxr", "none")
 POSTPROCESSED_TASKS = ("caption", "report")  # free text; VQA answers are short labels
+# What validation reports per task (Train.best_metric names one; "loss" comes with every task).
+_BLEU = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
+TASK_METRICS = {
+    "caption": ("loss", *_BLEU, "METEOR", "ROUGE-L", "CIDEr-D", "BERTScore", "ROUGE-1"),
+    "report": ("loss", *_BLEU, "BLEU-A", "METEOR", "ROUGE-L"),
+    "vqa": ("loss", "accuracy"),
+}
 
 
 def eval_task(cfg: Config, file_format: str | None = None) -> str:

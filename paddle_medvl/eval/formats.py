@@ -61,6 +61,7 @@ from typing import Iterable, Sequence, TextIO
 
 from ..atomic import atomic_write
 from ..data.medvqa import ANSWER_SEPARATOR
+from ..errors import MedVLError
 
 FORMATS = ("imageclef", "medvqa", "json", "csv")
 # Which formats can hold which task's predictions.
@@ -103,7 +104,7 @@ MEDVQA_QUESTION_IDS = {q: i for i, q in enumerate(MEDVQA_QUESTIONS)}
 REPORT_HEADER = ["id", "report"]
 
 
-class FormatError(ValueError):
+class FormatError(MedVLError, ValueError):
     """A prediction file (or data for one) that breaks its format; the message names file and line or ID."""
 
 

@@ -54,6 +54,7 @@ from paddle import Tensor, nn
 
 from ..config import LanguageConfig
 from ..data.collate import IGNORE_INDEX
+from ..errors import MedVLError
 from ..workarounds import fix_frozen_layer_norms
 from . import decoding
 
@@ -66,7 +67,7 @@ _DTYPES = ("float32", "float16", "bfloat16", "float64")  # float64: exact parity
 NO_LLM = "none"  # Model.language.architecture of a BLIP-2 without an LLM (the Q-Former writes the text)
 
 
-class LanguageConfigError(ValueError):
+class LanguageConfigError(MedVLError, ValueError):
     """LLM settings that cannot be built; the message names the key and where it came from."""
 
 

@@ -7,8 +7,6 @@ import os
 import signal
 import sys
 
-import paddle
-
 from paddle_medvl.config import load_config
 from paddle_medvl.engine import train
 from paddle_medvl.engine import trainer as engine_trainer
@@ -17,20 +15,20 @@ from paddle_medvl.engine import trainer as engine_trainer
 def main() -> None:
     mode, step, config, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
     save = engine_trainer.MedVLTrainer._save_checkpoint
-    real_save = paddle.save
+    real_save_state = engine_trainer.states.save_state
 
     def die() -> None:
         sys.stdout.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def dying_save(obj, path, *args, **kwargs):  # the weights are written, the optimizer state is not
-        if str(path).endswith(engine_trainer.OPTIMIZER_NAME):
+    def dying_save_state(folder, name, state):  # the weights are written, the optimizer state is not
+        if name.startswith(engine_trainer.STATE_NAMES["optimizer"]):
             die()
-        return real_save(obj, path, *args, **kwargs)
+        return real_save_state(folder, name, state)
 
     def patched(self, model, metrics=None):
         if mode == "during-save" and self.state.global_step == step:
-            paddle.save = dying_save
+            engine_trainer.states.save_state = dying_save_state
         save(self, model, metrics)
         if mode == "after-save" and self.state.global_step == step:
             die()
