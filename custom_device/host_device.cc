@@ -1007,14 +1007,17 @@ bool Step(P2POp& op) {
 
 C_Status RunP2P(std::vector<P2POp>& ops) {
   if (ops.empty()) return C_SUCCESS;
-  // An exited peer is only a failure if its data is not already in our rings.
+  // An exited peer is only a failure if an operation with it is still unfinished once what it
+  // left in our rings is taken: a peer whose part of the group is done may exit while this
+  // rank still waits on another, slower one.
   auto settled = [&ops] {
-    bool progressed = false, finished = true;
     for (P2POp& op : ops) {
-      if (op.done < op.bytes) progressed |= Step(op);
-      finished &= op.done == op.bytes;
+      if (op.done < op.bytes) Step(op);
     }
-    return progressed || finished;
+    for (const P2POp& op : ops) {
+      if (op.done < op.bytes && !PeerAlive(op.comm->shared->pid[op.peer].load())) return false;
+    }
+    return true;
   };
   // Only the peers of these operations matter: other ranks may have finished and exited.
   std::vector<int> peers;

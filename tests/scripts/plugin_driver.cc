@@ -9,6 +9,9 @@
 //   plugin_driver <plugin.so> timeout 2             rank 1 never joins: rank 0 must fail
 //                                                   after MEDVL_XCCL_TIMEOUT, not hang
 //   plugin_driver <plugin.so> dead_peer 2           rank 1 exits: rank 0 must fail at once
+//   plugin_driver <plugin.so> early_exit 3          rank 2 exits once its part of rank 0's group
+//                                                   is done, while rank 1 is still slow: rank 0
+//                                                   must wait for rank 1, not fail
 // Every run also checks blas_axpby and that no shared-memory segment is left in /dev/shm.
 // Prints "ok ..." lines; exits non-zero on the first failed expectation.
 
@@ -240,6 +243,35 @@ void DeadPeer(C_CCLComm comm) {
   std::printf("ok dead peer noticed after %.1f s\n", waited);
 }
 
+// Rank 0's group sends to rank 2 and receives from rank 1. Rank 2 takes its message and exits at
+// once; rank 1 sends only after a second, by which time rank 0 has seen rank 2 gone. That is no
+// failure: nothing rank 0 still waits for involves rank 2.
+void EarlyExit(C_CCLComm comm) {
+  std::vector<int32_t> msg(16);
+  if (g_rank == 2) {
+    EXPECT(api.xccl_recv(msg.data(), msg.size(), INT32, 0, comm, nullptr) == C_SUCCESS);
+    EXPECT(msg[15] == 15);
+    std::printf("ok rank 2 took its message and exits\n");
+    std::fflush(stdout);
+    _exit(0);
+  }
+  if (g_rank == 1) {
+    timespec ts{1, 0};
+    nanosleep(&ts, nullptr);
+    for (size_t i = 0; i < msg.size(); ++i) msg[i] = 100 + (int32_t)i;
+    EXPECT(api.xccl_send(msg.data(), msg.size(), INT32, 0, comm, nullptr) == C_SUCCESS);
+    return;
+  }
+  std::vector<int32_t> in(16, -1);
+  for (size_t i = 0; i < msg.size(); ++i) msg[i] = (int32_t)i;
+  EXPECT(api.xccl_group_start() == C_SUCCESS);
+  EXPECT(api.xccl_send(msg.data(), msg.size(), INT32, 2, comm, nullptr) == C_SUCCESS);
+  EXPECT(api.xccl_recv(in.data(), in.size(), INT32, 1, comm, nullptr) == C_SUCCESS);
+  EXPECT(api.xccl_group_end() == C_SUCCESS);
+  EXPECT(in[15] == 115);
+  std::printf("ok group finished after rank 2 exited\n");
+}
+
 void BlasAxpby() {
   std::vector<float> xf{1, 2, 3}, yf{10, 20, 30};
   EXPECT(api.blas_axpby(nullptr, nullptr, FLOAT32, 3, 2.0f, xf.data(), 0.5f, yf.data()) ==
@@ -267,7 +299,7 @@ int LeftoverSegments(const std::string& prefix) {
 
 int main(int argc, char** argv) {
   if (argc != 4) {
-    std::fprintf(stderr, "usage: %s <plugin.so> collectives|timeout|dead_peer <nranks>\n", argv[0]);
+    std::fprintf(stderr, "usage: %s <plugin.so> collectives|timeout|dead_peer|early_exit <nranks>\n", argv[0]);
     return 2;
   }
   const std::string scenario = argv[2];
@@ -309,6 +341,7 @@ int main(int argc, char** argv) {
       if (scenario == "collectives") Collectives(comm, nranks, id.data());
       if (scenario == "timeout") Timeout(comm);
       if (scenario == "dead_peer") DeadPeer(comm);
+      if (scenario == "early_exit") EarlyExit(comm);
       EXPECT(api.xccl_destroy_comm(comm) == C_SUCCESS);
       std::fflush(stdout);
       _exit(0);
