@@ -4,6 +4,7 @@ two-process launch on the CPU and on the test plugin device."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -227,6 +228,26 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(demo, straight, tmp
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("tool", ["tools/train.py", "tools/predict.py"])
+def test_tools_print_a_config_error_as_one_line(demo, tmp_path, tool):
+    """A typo inside Model.language.config (a LanguageConfigError) and a key written twice in the YAML
+    file: one `error:` line naming the key, exit 1, no traceback."""
+    _, config = demo
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "one.png")
+    extra = ["--images", str(tmp_path / "one.png"), "--out", str(tmp_path / "run.txt")] if tool.endswith("predict.py") else []
+    proc = run([tool, "-c", str(config), *extra, "-o", f"Train.output_dir={tmp_path}",
+                "Model.language.config.hidden_sizee=32"], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "hidden_sizee" in proc.stderr
+    doubled = tmp_path / "doubled.yaml"
+    doubled.write_text(config.read_text() + "Decode:\n  num_beams: 3\n")
+    proc = run([tool, "-c", str(doubled), *extra], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.search(r"error: .*doubled.yaml:\d+: key 'Decode' written twice \(first on line \d+\)", proc.stderr), proc.stderr
+
+
 def test_nonfinite_loss_stops_training_before_any_bad_checkpoint(demo, tmp_path):
     """lr 1e30: the weights blow up at the first update. The run stops with an error naming the step,
     the loss parts and the batch's records; exit 1; every checkpoint left is finite; no final/, no summary."""
@@ -316,6 +337,21 @@ def test_resume_refuses_a_pickle_payload(demo, straight, tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "optimizer.pdopt" in proc.stderr and "system" in proc.stderr, proc.stderr[-2000:]
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/model.safetensors"])
+def test_an_index_naming_a_file_outside_its_folder_is_refused(straight, tmp_path, shard):
+    import shutil
+
+    from paddle_medvl.config import ConfigError
+    from paddle_medvl.models.blip2 import Blip2
+
+    folder = tmp_path / "handed"
+    shutil.copytree(straight / "final", folder)
+    (folder / "model.safetensors").rename(tmp_path / "outside.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"query_tokens": shard}}))
+    with pytest.raises(ConfigError, match=r"model.safetensors.index.json: shard .* is not a file name in .*refused"):
+        Blip2.from_pretrained(folder)
 
 
 def test_keep_last_and_best(demo, tmp_path):
@@ -473,7 +509,8 @@ def test_sharding_stage1_checkpoints_every_shard_and_resumes_exactly(demo, tmp_p
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train_on_two(straight)
-    assert {p.name for p in (straight / "checkpoint-2").glob("optimizer*")} == {"optimizer.shard00.pdopt", "optimizer.shard01.pdopt"}
+    assert {p.name for p in (straight / "checkpoint-2").glob("optimizer*")} == {
+        f"optimizer.shard0{rank}.{ext}" for rank in (0, 1) for ext in ("json", "safetensors")}
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
     train_on_two(resumed, "Global.resume=auto")
