@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from paddle_medvl.data.synthetic import GRID_ORDER, POLYP_SIZES
 from paddle_medvl.eval import (
     MetricsInputError,
     MetricUnavailable,
@@ -265,3 +266,60 @@ def test_vqa_answer_order_and_case_do_not_count(answers: list[str], rnd) -> None
     rnd.shuffle(shuffled)
     pred = ";".join(a.upper() if rnd.random() < 0.5 else a for a in shuffled)
     assert vqa_metrics({"q": pred}, {"q": answers}, {"q": "Q"})["accuracy"] == 1.0
+
+
+# The official polyp-size answers, as the synthetic MEDVQA-GI data defines them (its size classes and
+# the answer for an image without a polyp).
+POLYP_SIZE_ANSWERS = [*POLYP_SIZES, "Not relevant"]
+SIZE_QUESTION = "What is the size of the polyp?"
+
+
+def test_polyp_size_answers_keep_their_meaning() -> None:
+    """Every official size answer against every other, and the two with the sign turned round
+    (">5mm", "<20mm", which no reference holds): only the same answer is correct."""
+    assert len(POLYP_SIZE_ANSWERS) == 5 and {"< 5mm", ">20mm"} <= set(POLYP_SIZE_ANSWERS)
+    flipped = [">5mm", "<20mm"]
+    pairs = {f"{p}|{r}": (p, r) for p in POLYP_SIZE_ANSWERS + flipped for r in POLYP_SIZE_ANSWERS}
+    result = vqa_metrics({k: p for k, (p, _) in pairs.items()}, {k: [r] for k, (_, r) in pairs.items()},
+                         {k: SIZE_QUESTION for k in pairs})
+    assert result["n"] == 35 and result["accuracy"] == pytest.approx(5 / 35)
+    for key, (pred, ref) in pairs.items():
+        one = vqa_metrics({key: pred}, {key: [ref]}, {key: SIZE_QUESTION})
+        assert one["accuracy"] == (1.0 if pred == ref else 0.0), (pred, ref)
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref", "correct"),
+    [
+        (">5mm", "< 5mm", False),  # the comparison sign is the answer
+        ("<20mm", ">20mm", False),
+        ("< 20mm", ">20mm", False),
+        ("5mm", "< 5mm", False),
+        ("510mm", "5-10mm", False),
+        ("<5mm", "< 5mm", True),  # spacing and case do not count
+        (" < 5 MM ", "< 5mm", True),
+        ("> 20mm.", ">20mm", True),
+        ("5 - 10 mm", "5-10mm", True),
+        ("11-20MM", "11-20mm", True),
+        ("not  relevant", "Not relevant", True),
+        ("Lower-right", "Lower-rigth", False),  # the official typo is the label
+    ],
+)
+def test_vqa_answer_spacing_and_signs(pred: str, ref: str, correct: bool) -> None:
+    assert vqa_metrics({"q": pred}, {"q": [ref]}, {"q": SIZE_QUESTION})["accuracy"] == float(correct)
+
+
+def test_normalize_answer_keeps_symbols() -> None:
+    assert [normalize_answer(a) for a in POLYP_SIZE_ANSWERS] == ["<5mm", "5-10mm", "11-20mm", ">20mm", "not relevant"]
+    assert normalize_answer("< 5 mm") == normalize_answer("<5mm") != normalize_answer(">5mm")
+    assert len({normalize_answer(a) for a in GRID_ORDER}) == 9 and normalize_answer("Lower-rigth") == "lower-rigth"
+
+
+def test_multi_answer_sets_with_signs() -> None:
+    """Two polyps of different sizes: both answers, in any order and spacing, and nothing else."""
+    refs = {"a": ["< 5mm", "11-20mm"], "b": ["< 5mm", "11-20mm"], "c": ["< 5mm", "11-20mm"], "d": "< 5mm; >20mm"}
+    preds = {"a": "11-20mm;<5mm", "b": "11-20mm; >5mm", "c": "< 5mm", "d": ">20mm ; < 5mm; <5mm"}
+    result = vqa_metrics(preds, refs, {k: SIZE_QUESTION for k in refs})
+    assert result["accuracy"] == pytest.approx(2 / 4)  # a and d
+    assert answer_set("11-20mm; >5mm") == frozenset({"11-20mm", ">5mm"})
+    assert answer_set(["< 5mm", "<5mm", " <5MM."]) == frozenset({"<5mm"})

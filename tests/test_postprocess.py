@@ -1,6 +1,8 @@
 """Repetition removal: paper 000's Table 2, ordinary captions left alone, and its invariants."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -92,7 +94,7 @@ def test_ordinary_captions_unchanged(text: str) -> None:
     [
         ("the the lungs are clear", "the lungs are clear"),
         ("CT scan scan scan of the chest showing a nodule", "CT scan of the chest showing a nodule"),
-        ("in the left, left lung", "in the left lung"),
+        ("in the left, left, left lung", "in the left lung"),  # three copies: a loop, commas or not
         # a loop with no lead-in keeps its first copy; one with a lead-in goes whole (Table 2)
         ("enlarged mediastinal lymph nodes nodes nodes nodes nodes nodes", "enlarged mediastinal lymph nodes"),
         ("radiograph of the patella showing fracture of the patella patella patella patella patella patella",
@@ -101,16 +103,116 @@ def test_ordinary_captions_unchanged(text: str) -> None:
         # a loop too short to be a degenerate tail is only collapsed
         ("CT of the chest showing enlarged mediastinal lymph nodes and hilar lymph nodes nodes nodes",
          "CT of the chest showing enlarged mediastinal lymph nodes and hilar lymph nodes"),
-        # restated clauses, back to back or not
-        ("The heart is normal in size and the lungs are clear. No pneumothorax. The heart is normal in size and "
-         "the lungs are clear.", "The heart is normal in size and the lungs are clear. No pneumothorax."),
+        # restated clauses: a long one back to back, or a block said a third time
         ("the heart is normal in size . the lungs are clear . the heart is normal in size . the lungs are clear .",
          "the heart is normal in size . the lungs are clear ."),
+        ("The heart is normal in size and the lungs are clear. No pneumothorax. The heart is normal in size and "
+         "the lungs are clear. No pneumothorax. The heart is normal in size and the lungs are clear.",
+         "The heart is normal in size and the lungs are clear. No pneumothorax."),
         ("mass mass mass mass mass mass mass", "mass"),
     ],
 )
 def test_repetition_cases(before: str, after: str) -> None:
     assert remove_repetition(before) == after
+
+
+# ---------------------------------------------------------------- human-written text is left alone
+
+HUMAN = [line for line in (Path(__file__).parent / "fixtures" / "captions_human.txt").read_text(encoding="utf-8")
+         .splitlines() if line and not line.startswith("#")]
+# The issue's examples: human captions whose words the rules used to delete (the fixture's first
+# five lines complete them to whole captions).
+ISSUE_FRAGMENTS = [
+    "decrease in size of the metastasis (marked by arrows) in the left lobe of the liver after treatment",
+    "shows an abscess (50.8 x 60.0 x 60.0 mm, red arrow)",
+    "a voxel size of 0.3 × 0.3 × 2.0 mm",
+    "uveitis with cystoid macular edema, venous leakage, leakage from the",
+    "Chest X-ray. Chest X-ray showed",
+]
+
+
+def test_human_fixture() -> None:
+    assert len(HUMAN) >= 60 and len(set(HUMAN)) == len(HUMAN)
+    assert [fragment in caption for fragment, caption in zip(ISSUE_FRAGMENTS, HUMAN)] == [True] * 5
+
+
+@pytest.mark.parametrize("caption", HUMAN, ids=[f"line{i}" for i in range(len(HUMAN))])
+def test_human_captions_unchanged(caption: str) -> None:
+    assert remove_repetition(caption) == caption
+
+
+@pytest.mark.parametrize(("caption", "fragment"), list(zip(HUMAN, ISSUE_FRAGMENTS)), ids=["location", "abscess size",
+                         "voxel size", "list", "restated title"])
+def test_issue_examples_keep_their_words(caption: str, fragment: str) -> None:
+    assert fragment in remove_repetition(caption)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "venous leakage, leakage from the optic disc",  # a list, not a doubled word
+        "in the left, left lung",
+        "Chest X-ray. Chest X-ray showed a nodule.",  # two copies of a short phrase
+        "a 5 x 5 x 5 x 5 x 5 cm mass",  # measurements are never loops
+        "at 1 1 1 week",
+        "ratio 1:1 1:1 1:1",
+        # Table 2's restated caption (000047), but as two panels: panels restate by design
+        "(a) anteroposterior radiograph of the left ankle at the end of the first year of treatment showing the "
+        "thickening of the tibia and fibula and the growth of the distal end of the tibia into the distal end of the "
+        "fibula (b) note the thickening of the distal end of the tibia into the distal end of the fibula and the "
+        "growth of the distal end of the tibia into the distal end of the fibula at the end of the first year of "
+        "treatment",
+    ],
+)
+def test_legitimate_repetition_kept(text: str) -> None:
+    assert remove_repetition(text) == text
+    assert remove_repetition(text, truncated=True) == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["0.3", "2.0", "5", "60.0", "1", "10"]), min_size=2, max_size=5),
+       st.sampled_from([" x ", " × ", "×", " by "]), st.sampled_from(["mm", " mm", "cm", " cm", ""]))
+def test_measurements_kept(dims: list[str], sign: str, unit: str) -> None:
+    text = f"Axial CT shows an abscess ({sign.join(dims)}{unit}, red arrow) in the left lobe of the liver."
+    assert remove_repetition(text) == text
+    assert remove_repetition(text, truncated=True) == text
+
+
+# ---------------------------------------------------------------- generated loops go, the finding stays
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("transthoracic echocardiography, apical four-chamber view, showing a large pericardial effusion lv rv la ra "
+         "lv rv la ra lv rv la ra lv rv",
+         "transthoracic echocardiography, apical four-chamber view, showing a large pericardial effusion lv rv la ra"),
+        ("axial ct showing a mass in the liver, lv, rv, la, ra, lv, rv, la, ra, lv, rv, la, ra",
+         "axial ct showing a mass in the liver, lv, rv, la, ra"),
+        ("the the the the lungs are clear", "the lungs are clear"),
+        ("chest x-ray showing a large effusion the the the the", "chest x-ray showing a large effusion"),
+        ("ct of the chest showing a mass in the upper lobe of the left of the left of the left of the left",
+         "ct of the chest showing a mass in the upper lobe of the left"),
+        # the loop repeats the finding's size: the size and the finding stay
+        ("axial ct image showing a 3 x 3 cm mass in the liver a 3 x 3 cm mass a 3 x 3 cm mass a 3 x 3 cm mass",
+         "axial ct image showing a 3 x 3 cm mass in the liver a 3 x 3 cm mass"),
+        ("ct of the chest showing a 2 cm nodule in the right upper lobe 2 cm nodule 2 cm nodule 2 cm nodule 2 cm "
+         "nodule 2 cm nodule 2 cm", "ct of the chest showing a 2 cm nodule in the right upper lobe"),
+        ("decrease in size after after treatment", "decrease in size after treatment"),  # an exact doubled word
+        ("The the lesion is hypodense.", "the lesion is hypodense."),
+    ],
+)
+def test_degenerate_loops_removed(before: str, after: str) -> None:
+    assert remove_repetition(before) == after
+
+
+def test_loop_at_the_length_limit() -> None:
+    """A loop of function words that runs into the length limit leaves no dangling end."""
+    text = "chest x-ray showing a large mass in the right upper lobe with a small pleural effusion of the of the of the"
+    expected = "chest x-ray showing a large mass in the right upper lobe with a small pleural effusion"
+    assert remove_repetition(text) == expected
+    assert remove_repetition(text, truncated=True) == expected
+    assert remove_repetition(text + " of", truncated=True) == expected
 
 
 def test_truncated_fragment() -> None:
@@ -124,6 +226,10 @@ def test_truncated_fragment() -> None:
 def test_config_is_used() -> None:
     before = dehyphenate(TABLE_2["000034"][0])
     assert remove_repetition(before, config=RepetitionConfig(min_tail_words=100)) != TABLE_2_OUTPUT["000034"]
+    title = "Chest X-ray. Chest X-ray showed a nodule."
+    assert remove_repetition(title, config=RepetitionConfig(min_loop_copies=2)) == "Chest X-ray showed a nodule."
+    restated = dehyphenate(TABLE_2["000047"][0])
+    assert remove_repetition(restated, config=RepetitionConfig(min_repeated_phrase=16)) == restated
 
 
 def test_whitespace_kept_where_nothing_is_removed() -> None:

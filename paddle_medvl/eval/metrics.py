@@ -28,6 +28,7 @@ import numpy as np
 
 from ..data.medvqa import ANSWER_SEPARATOR
 from ..data.r2gen import clean_report
+from ..errors import MedVLError
 
 BERTSCORE_LAYERS = 40  # microsoft/deberta-xlarge-mnli, bert_score's default layer for that model
 BERTSCORE_INSTALL = (
@@ -44,11 +45,11 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _DIGITS = re.compile(r"\d+")
 
 
-class MetricsInputError(ValueError):
+class MetricsInputError(MedVLError, ValueError):
     """Predictions and references that cannot be scored together (the message names the IDs)."""
 
 
-class MetricUnavailable(RuntimeError):
+class MetricUnavailable(MedVLError, RuntimeError):
     """A metric was asked for explicitly but its package is not installed."""
 
 
@@ -259,11 +260,28 @@ def report_metrics(
 # ---------------------------------------------------------------------------- VQA
 
 
+_SPACE_AT_SYMBOL = re.compile(r"\s+(?=[^\w\s])|(?<=[^\w\s])\s+")  # "< 5mm" -> "<5mm", "5 - 10mm" -> "5-10mm"
+_SPACE_AT_UNIT = re.compile(r"(?<=\d)\s+(?=[^\W\d_])")  # "5 mm" -> "5mm"
+_ANSWER_END = ".,;:!?"  # sentence punctuation a generated answer may end with
+_ANSWER_WRAPS = ("()", "[]", "{}", '""', "''")  # brackets or quotes around a whole answer
+
+
 def normalize_answer(answer: str) -> str:
-    """Case and spacing folded, punctuation around words removed; inner punctuation and the
-    official spellings ("Lower-rigth", "instrumnets") are kept: they are the labels."""
-    words = (w.strip(string.punctuation) for w in answer.lower().split())
-    return " ".join(w for w in words if w)
+    """An answer with case and spacing folded, and without a final full stop or enclosing brackets.
+
+    Every other character is kept, because it is the answer: "<" and ">" tell "< 5mm" from ">5mm",
+    "-" makes "5-10mm" a range, and the official spellings ("Lower-rigth", "instrumnets") are the
+    labels. Spacing is folded everywhere, including next to symbols and between a number and its
+    unit, so "< 5mm", "<5mm" and "< 5 mm" are one answer."""
+    text = " ".join(answer.lower().split())
+    text = _SPACE_AT_UNIT.sub("", _SPACE_AT_SYMBOL.sub("", text))
+    while True:
+        before = text
+        text = text.rstrip(_ANSWER_END)
+        if len(text) >= 2 and (text[0] + text[-1]) in _ANSWER_WRAPS:
+            text = text[1:-1].strip()
+        if text == before:
+            return text
 
 
 def answer_set(answer: str | list[str]) -> frozenset[str]:
