@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -202,7 +203,6 @@ def test_mimic_prior_from_chexbert_labels(tmp_path):
     "captions, message, kind, kept",
     [
         ("ID\tcaption\nA_1\tok\nA_1\tagain\n", r"valid_labels\.csv:3: duplicate ID 'A_1' \(first on line 2\)", "duplicate ID", "A_1"),
-        ("ID\tcaption\nA_1\t\nA_2\tok\n", r"valid_labels\.csv:2: empty caption for ID 'A_1'", "empty caption", "A_2"),
         ("ID\tcaption\nA_1\tok\textra\nA_2\tok\n", r"valid_labels\.csv:2: expected 2 fields, found 3", "malformed row", "A_2"),
         ("ID\tcaption\nA_9\tok\nA_2\tok\n", r"valid_labels\.csv:2: ID 'A_9': no image for this ID", "missing image", "A_2"),
         ("ID\tcaption\n../../etc/A_1\tok\nA_2\tok\n", r"valid_labels\.csv:2: ID '\.\./\.\./etc/A_1': the ID is not a plain file name", "path outside the data root", "A_2"),
@@ -276,6 +276,228 @@ def test_config_errors(tmp_path):
         load_records(DataConfig(format="iu_xray", root=str(tmp_path / "r")), "valid")
     with pytest.raises(DataError, match="Data.on_error must be 'raise' or 'skip'"):
         load_records(DataConfig(format="medvqa_gi", root=str(root), on_error="ignore"), "all")
+
+
+# ---------------------------------------------------------------- duplicates in the concept and mapping files
+
+
+def rocov2(root: Path, concepts: str, mapping: str, ids=("R_1", "R_2")) -> Path:
+    write(root / "valid_captions.csv", "ID,Caption\n" + "".join(f"{i},caption {i}\n" for i in ids))
+    write(root / "valid_concepts.csv", concepts)
+    write(root / "cui_mapping.csv", mapping)
+    for i in ids:
+        image(root / "valid" / f"{i}.jpg")
+    return root
+
+
+DUPLICATES = {  # case -> (format, files, error message, kind)
+    "2023 concept ID": (
+        "imageclef_caption",
+        {f"{P23}concept_detection_valid_labels.csv": "ID\tcuis\nA_1\tC0040405\nA_2\tC0817096\nA_1\tC0817096\n"},
+        rf"{P23}concept_detection_valid_labels\.csv:4: duplicate ID 'A_1' \(first on line 2\)", "duplicate ID",
+    ),
+    "2023 mapping CUI": (
+        "imageclef_caption",
+        {f"{P23}concept_detection_valid_labels.csv": "ID\tcuis\nA_1\tC0040405\nA_2\tC0817096\n",
+         f"{P23}cui_mapping.csv": "C0040405\tX-Ray Computed Tomography\nC0817096\tChest\nC0040405\tCT\n"},
+        rf"{P23}cui_mapping\.csv:3: duplicate CUI 'C0040405' \(first on line 1\)", "duplicate CUI",
+    ),
+    "ROCOv2 concept ID": (
+        "rocov2",
+        {"valid_concepts.csv": "ID,CUIs\nR_1,C1\nR_1,C2\nR_2,C2\n",
+         "cui_mapping.csv": "CUI,Canonical name\nC1,X-Ray Computed Tomography\nC2,Chest\n"},
+        r"valid_concepts\.csv:3: duplicate ID 'R_1' \(first on line 2\)", "duplicate ID",
+    ),
+    "ROCOv2 mapping CUI": (
+        "rocov2",
+        {"valid_concepts.csv": "ID,CUIs\nR_1,C1\nR_2,C2\n",
+         "cui_mapping.csv": "CUI,Canonical name\nC1,X-Ray Computed Tomography\nC2,Chest\nC1,CT\n"},
+        r"cui_mapping\.csv:4: duplicate CUI 'C1' \(first on line 2\)", "duplicate CUI",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DUPLICATES)
+def test_a_repeated_concept_id_or_cui_names_both_lines(tmp_path, capsys, case):
+    fmt, files, message, kind = DUPLICATES[case]
+    if fmt == "imageclef_caption":
+        root = caption2023(tmp_path, "ID\tcaption\nA_1\tone\nA_2\ttwo\n")
+    else:
+        root = rocov2(tmp_path, "ID,CUIs\n", "CUI,Canonical name\n")
+    for name, text in files.items():
+        write(root / name, text)
+    cfg = DataConfig(format=fmt, root=str(root))
+    with pytest.raises(DataError, match=message):  # the later row no longer wins silently
+        load_records(cfg, "valid")
+    cfg.on_error = "skip"
+    first, second = load_records(cfg, "valid")
+    assert f"skipped 1 bad records: 1 x {kind}" in capsys.readouterr().out
+    # skipped, the first row counts: the first concept row, the first name, two classes
+    assert first.extras["concept_sentence"] == "The image shows X-Ray Computed Tomography."
+    assert second.extras["concept_sentence"] == "The image shows Chest."
+    assert first.extras["concept_classes"] == 2 and second.extras["concept_ids"] == [1]
+
+
+# ---------------------------------------------------------------- symlinked images
+
+
+def outside_image(tmp_path: Path) -> Path:
+    """An image outside every data root of these tests."""
+    path = tmp_path / "elsewhere" / "secret.jpg"
+    image(path)
+    return path
+
+
+def link(path: Path, target: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    path.symlink_to(target)
+
+
+def symlink_case(fmt: str, root: Path) -> tuple[DataConfig, str, Path, Path]:
+    """A small data set of ``fmt`` under ``root``: (config, split, an image that may be replaced
+    by a link, a second image), and the ID that the first image belongs to is in the error."""
+    if fmt == "imageclef_caption":
+        caption2023(root, "ID\tcaption\nA_1\tone\nA_2\ttwo\n")
+        return DataConfig(format=fmt, root=str(root)), "valid", root / "valid" / "A_1.jpg", root / "valid" / "A_2.jpg"
+    if fmt == "rocov2":
+        rocov2(root, "ID,CUIs\nR_1,C1\nR_2,C1\n", "CUI,Canonical name\nC1,Chest\n")
+        return DataConfig(format=fmt, root=str(root)), "valid", root / "valid" / "R_1.jpg", root / "valid" / "R_2.jpg"
+    if fmt == "medvqa_gi":
+        medvqa(root, 2)
+        return DataConfig(format=fmt, root=str(root)), "all", *(root / "images" / f"cl8k2u1r00{i}.jpg" for i in (0, 1))
+    if fmt == "iu_xray":
+        iu(root)
+        return (DataConfig(format=fmt, root=str(root)), "train", root / "images" / "CXR2384_IM-0942" / "1.png",
+                root / "images" / "CXR7_IM-0001" / "0.png")
+    mimic(root, HEADER)
+    ann = json.loads((root / "annotation.json").read_text())
+    second = dict(ann["test"][0], id="d2", image_path=["p10/p10000032/s50414267/d2.jpg"])
+    ann["test"].append(second)
+    write(root / "annotation.json", json.dumps(ann))
+    image(root / "images" / second["image_path"][0])
+    return (DataConfig(format=fmt, root=str(root), val_split="test"), "test", root / "images" / "p10/p10000032/s50414267/d1.jpg",
+            root / "images" / second["image_path"][0])
+
+
+SYMLINK_IDS = {"imageclef_caption": "'A_1'", "rocov2": "'R_1'", "medvqa_gi": "'cl8k2u1r000'",
+               "iu_xray": "'CXR2384_IM-0942'", "mimic_cxr": "'d1'"}
+
+
+@pytest.mark.parametrize("fmt", SYMLINK_IDS)
+def test_an_image_linked_to_outside_the_root_is_refused(tmp_path, capsys, fmt):
+    cfg, split, linked, _ = symlink_case(fmt, tmp_path / "root")
+    link(linked, outside_image(tmp_path))
+    with pytest.raises(DataError, match=rf"{SYMLINK_IDS[fmt]}.*{linked.name} leads through a symlink to .*secret\.jpg, "
+                                        r"outside the data root"):
+        load_records(cfg, split)
+    cfg.on_error = "skip"
+    records = load_records(cfg, split)
+    assert records and all("secret" not in p for r in records for p in r.images)
+    assert "1 x path outside the data root" in capsys.readouterr().out
+    # the same through a linked folder on the way
+    folder = linked.parent
+    moved = tmp_path / "elsewhere" / "folder"
+    folder.rename(moved)
+    link(folder, moved)
+    (moved / linked.name).unlink()
+    image(moved / linked.name)
+    cfg.on_error = "raise"
+    if folder.parent == tmp_path / "root":  # the image folder itself: the user's choice, allowed
+        assert load_records(cfg, split)
+    else:  # a folder inside the image folder, from the data set: refused
+        with pytest.raises(DataError, match="leads through a symlink"):
+            load_records(cfg, split)
+
+
+@pytest.mark.parametrize("fmt", SYMLINK_IDS)
+def test_links_that_stay_inside_the_root_are_fine(tmp_path, fmt):
+    root = tmp_path / "root"
+    cfg, split, linked, other = symlink_case(fmt, root)
+    keep = root / "originals" / linked.name  # e.g. one copy shared by two splits
+    keep.parent.mkdir()
+    linked.rename(keep)
+    link(linked, Path("..") / Path(*[".."] * (len(linked.relative_to(root).parts) - 2)) / "originals" / linked.name)
+    assert linked.is_symlink() and linked.is_file()
+    records = load_records(cfg, split)
+    assert str(keep.resolve()) in {p for r in records for p in r.images}
+    # a data root that is itself a link (or reached through one) changes nothing
+    alias = tmp_path / "alias"
+    alias.symlink_to(root)
+    cfg.root = str(alias)
+    assert len(load_records(cfg, split)) == len(records)
+
+
+# ---------------------------------------------------------------- empty files
+
+EMPTY_FILES = [  # (format, split, the file, Data settings)
+    ("imageclef_caption", "valid", f"{P23}caption_prediction_valid_labels.csv", {}),
+    ("imageclef_caption", "valid", f"{P23}concept_detection_valid_labels.csv", {}),
+    ("imageclef_caption", "valid", f"{P23}cui_mapping.csv", {}),
+    ("rocov2", "valid", "valid_captions.csv", {}),
+    ("rocov2", "valid", "valid_concepts.csv", {}),
+    ("rocov2", "valid", "cui_mapping.csv", {}),
+    ("medvqa_gi", "all", "gt.json", {}),
+    ("iu_xray", "train", "annotation.json", {}),
+    ("iu_xray", "train", "indiana_reports.csv", {"reports_csv": "indiana_reports.csv"}),
+    ("mimic_cxr", "test", "annotation.json", {"val_split": "test"}),
+    ("mimic_cxr", "test", "labels.csv", {"labels_csv": "labels.csv", "val_split": "test"}),
+]
+
+
+@pytest.mark.parametrize("fmt, split, name, settings", EMPTY_FILES, ids=[f"{f}-{n}" for f, _, n, _ in EMPTY_FILES])
+@pytest.mark.parametrize("content", [b"", b"\r\n \n"], ids=["0 bytes", "blank lines"])
+def test_an_empty_input_file_is_named(tmp_path, fmt, split, name, settings, content):
+    cfg, split, _, _ = symlink_case(fmt, tmp_path)
+    if fmt == "imageclef_caption":
+        write(tmp_path / f"{P23}concept_detection_valid_labels.csv", "ID\tcuis\nA_1\tC0817096\n")
+    for key, value in settings.items():
+        setattr(cfg, key, value)
+    assert load_records(cfg, split)
+    (tmp_path / name).write_bytes(content)
+    kind = "no JSON content" if name.endswith(".json") else "no header, no rows"
+    for on_error in ("raise", "skip"):
+        cfg.on_error = on_error
+        with pytest.raises(DataError, match=rf"{re.escape(str(tmp_path / name))}: empty file \({kind}\)"):
+            load_records(cfg, split)
+
+
+# ---------------------------------------------------------------- the official 2023 files: CRLF, blank captions
+
+
+def test_crlf_files_and_captions_of_only_spaces_load_by_default(tmp_path, capsys):
+    """As released: the 2023 validation captions end lines with CRLF and one caption is a lone U+202F."""
+    blanks = {"A_3": "\u202f", "A_4": "\u00a0 ", "A_5": "\u200b", "A_6": ""}
+    rows = ["ID\tcaption", "A_1\tCT of the chest\u200b", "A_2\tT2-weighted MRI", *(f"{i}\t{c}" for i, c in blanks.items())]
+    root = caption2023(tmp_path, "", ids=("A_1", "A_2", *blanks))
+    (root / f"{P23}caption_prediction_valid_labels.csv").write_bytes(("\r\n".join(rows) + "\r\n").encode())
+    (root / f"{P23}concept_detection_valid_labels.csv").write_bytes(
+        b"ID\tcuis\r\nA_1\tC0040405;C0817096\r\nA_2\tC0817096\r\n")
+    (root / f"{P23}cui_mapping.csv").write_bytes(b"C0040405\tX-Ray Computed Tomography\r\nC0817096\tChest\r\n")
+    a, b = load_records(caption_cfg(root), "valid")  # on_error: raise, the default
+    assert (a.id, a.target, b.id, b.target) == ("A_1", "CT of the chest", "A_2", "T2-weighted MRI")
+    assert a.extras["cuis"] == ["C0040405", "C0817096"] and b.extras["cuis"] == ["C0817096"]
+    assert a.extras["concept_sentence"] == "The image shows X-Ray Computed Tomography, Chest."
+    assert a.extras["concept_ids"] == [0, 1] and a.extras["concept_classes"] == 2
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, out  # one warning, once loading ends
+    assert "warning: imageclef_caption valid: left out 4 records without text: 4 x no caption text" in out
+    assert "valid_labels.csv:4: ID 'A_3' has no caption text" in out
+    # a row with the wrong number of fields stays an error, CRLF or not
+    rows.append("A_7\ttoo\tmany")
+    image(root / "valid" / "A_7.jpg")
+    (root / f"{P23}caption_prediction_valid_labels.csv").write_bytes(("\r\n".join(rows) + "\r\n").encode())
+    with pytest.raises(DataError, match=r"valid_labels\.csv:8: expected 2 fields, found 3"):
+        load_records(caption_cfg(root), "valid")
+
+
+def test_rocov2_crlf_and_a_blank_quoted_caption(tmp_path, capsys):
+    root = rocov2(tmp_path, "ID,CUIs\r\nR_1,C1\r\nR_2,C1\r\n", "CUI,Canonical name\r\nC1,Chest\r\n")
+    (root / "valid_captions.csv").write_bytes('ID,Caption\r\nR_1,"Head CT, axial"\r\nR_2,"\u202f"\r\n'.encode())
+    (record,) = load_records(DataConfig(format="rocov2", root=str(root)), "valid")
+    assert record.target == "Head CT, axial" and record.extras["concept_sentence"] == "The image shows Chest."
+    assert "left out 1 records without text" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- the demo data through the readers

@@ -18,6 +18,7 @@ from PIL import Image
 from paddle_medvl.data import synthetic as syn
 
 SIZE = 128  # small images keep the tests fast; the pixel checks must hold at this size too
+REPO = Path(__file__).resolve().parents[1]
 
 # Spelled out here, not imported: the test pins the official strings, typos included.
 OFFICIAL_QUESTIONS = {
@@ -140,20 +141,87 @@ def test_an_interrupted_run_leaves_no_set_under_the_final_name(tmp_path: Path) -
         if task == "vqa" and done == 3:
             raise KeyboardInterrupt
 
+    final, partial = tmp_path / syn.TASK_DIRS["vqa"], tmp_path / (syn.TASK_DIRS["vqa"] + ".partial")
     with pytest.raises(KeyboardInterrupt):
         syn.make_demo_data(tmp_path, n_vqa=6, tasks=["vqa"], image_size=96, progress=stop)
-    assert not (tmp_path / syn.TASK_DIRS["vqa"]).exists()
-    assert (tmp_path / (syn.TASK_DIRS["vqa"] + ".partial")).exists()
+    assert not final.exists() and not partial.exists()
+    partial.mkdir()  # what a killed run leaves
+    (partial / "gt.json").write_text("[")
 
     roots = syn.make_demo_data(tmp_path, n_vqa=6, tasks=["vqa"], image_size=96)
     assert len(json.loads((roots["vqa"] / "gt.json").read_text())) == 6
-    assert not (tmp_path / (syn.TASK_DIRS["vqa"] + ".partial")).exists()
-    with pytest.raises(FileExistsError):
-        syn.make_demo_data(tmp_path, n_vqa=6, tasks=["vqa"], image_size=96)
+    assert not partial.exists()
+    with pytest.raises(FileExistsError, match="different from what this command writes"):
+        syn.make_demo_data(tmp_path, n_vqa=5, tasks=["vqa"], image_size=96)
+    assert len(json.loads((roots["vqa"] / "gt.json").read_text())) == 6 and not partial.exists()
     syn.make_demo_data(tmp_path, n_vqa=2, tasks=["vqa"], image_size=96, overwrite=True)
     assert len(json.loads((roots["vqa"] / "gt.json").read_text())) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([final.name, "tokenizers"])  # no .partial, no .old
     with pytest.raises(FileExistsError):  # a writer never mixes a new set into an old one
         syn.write_medvqa_gi(roots["vqa"], n=1, image_size=96)
+
+
+def _load_tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"medvl_tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stamps(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file and folder under ``root``: (inode, mtime in ns, bytes), to tell kept from rewritten."""
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+            for p in sorted(root.rglob("*"))}
+
+
+def test_the_quickstart_data_step_runs_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's line, run again: an identical set is kept (exit 0); a different one needs --force."""
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    out = tmp_path / "demo"
+    args = ["--out", str(out), "--tasks", "caption", "--n", "caption=20", "--image-size", "32"]
+    # The first run in a process of its own: the bytes must not depend on the process (hash seeds).
+    first = subprocess.run([sys.executable, str(REPO / "tools" / "make_demo_data.py"), *args], capture_output=True,
+                           text=True, timeout=600, env={**clean_env(), "PYTHONHASHSEED": "123"})
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "(written)" in first.stdout
+    before = _stamps(out)
+    assert len([name for name in before if name.endswith(".jpg")]) == 20
+
+    tool = _load_tool("make_demo_data")
+    assert tool.main(args) == 0
+    stdout = capsys.readouterr().out
+    for folder in ("imageclef_caption_2023", "tokenizers"):
+        assert f"{out / folder}: already there, identical to what this command writes; kept" in stdout
+    assert _stamps(out) == before, "kept means untouched: same inodes, times and bytes"
+    assert sorted(p.name for p in out.iterdir()) == ["imageclef_caption_2023", "tokenizers"]
+
+    # a changed argument: an error asking for --force, naming the first differing file; nothing changes
+    assert tool.main([*args[:-3], "caption=30", *args[-2:]]) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and f"{out / 'imageclef_caption_2023'}: already there and different" in err
+    assert "first differing file: ImageCLEFmedical_Caption_2023_caption_prediction_train_labels.csv" in err
+    assert _stamps(out) == before and sorted(p.name for p in out.iterdir()) == ["imageclef_caption_2023", "tokenizers"]
+
+    # a modified file, and a file the command does not write
+    labels = out / "imageclef_caption_2023" / "ImageCLEFmedical_Caption_2023_caption_prediction_valid_labels.csv"
+    labels.write_bytes(labels.read_bytes().replace(b"lesion", b"Lesion", 1))
+    assert tool.main(args) == 2
+    assert "first differing file: ImageCLEFmedical_Caption_2023_caption_prediction_valid_labels.csv" in capsys.readouterr().err
+    (out / "tokenizers" / "notes.txt").write_text("mine")
+    assert tool.main(args) == 2
+    assert "tokenizers: already there and different from what this command writes (notes.txt is there" in capsys.readouterr().err
+
+    # --force replaces both with what the command writes
+    assert tool.main([*args, "--force"]) == 0
+    assert "(replaced)" in capsys.readouterr().out
+    after = _stamps(out)
+    assert {k: v[2] for k, v in after.items()} == {k: v[2] for k, v in before.items()}
 
 
 # ----------------------------------------------------------------------------- demo tokenizers

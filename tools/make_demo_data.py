@@ -6,6 +6,10 @@
 Each set lands in ``OUT/<set>/`` only once complete (it is written to ``<set>.partial`` first).
 The demo tokenizers, trained on the train-split texts of the sets written, land in
 ``OUT/tokenizers/opt`` (Model.language.tokenizer) and ``OUT/tokenizers/bert`` (Model.qformer.tokenizer).
+
+Running the same command again is fine: the same arguments give the same bytes, so a set already
+there that is identical to what the command writes is kept (and said so); a different one is an
+error naming its first differing file, and ``--force`` replaces it.
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
     parser.add_argument("--n", action="append", default=[], metavar="[TASK=]N", help="samples per set (repeatable)")
     parser.add_argument("--image-size", type=int, default=224, help="image side in pixels (default 224)")
-    parser.add_argument("--force", action="store_true", help="replace sets (and tokenizers) that already exist")
+    parser.add_argument("--force", action="store_true",
+                        help="replace sets (and tokenizers) already there that differ from what this command writes")
     parser.add_argument("--no-tokenizers", action="store_true", help="do not train the demo tokenizers")
     args = parser.parse_args(argv)
 
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if done == total:
             bar.close()
 
+    outcomes: dict[Path, str] = {}
     start = time.perf_counter()
     try:
         roots = make_demo_data(
@@ -76,20 +82,26 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.force,
             progress=progress,
             tokenizers=not args.no_tokenizers,
+            report=outcomes.__setitem__,
         )
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
 
-    print(f"\nwrote {len(roots)} data sets under {args.out} (seed {args.seed}, {args.image_size} px) in {elapsed:.1f} s")
+    kept = [folder for folder, outcome in outcomes.items() if outcome == "kept"]
+    for folder in kept:
+        print(f"{folder}: already there, identical to what this command writes; kept")
+    changed = len(outcomes) - len(kept)
+    print(f"\n{changed} of {len(outcomes)} folders written under {args.out} (seed {args.seed}, {args.image_size} px) "
+          f"in {elapsed:.1f} s")
     for task, root in roots.items():
         files = [p for p in root.rglob("*") if p.is_file()]
         megabytes = sum(p.stat().st_size for p in files) / 1e6
-        print(f"  {task:<8} {sizes[task]:>5} samples  {len(files):>5} files  {megabytes:6.1f} MB  {root}")
+        print(f"  {task:<8} {sizes[task]:>5} samples  {len(files):>5} files  {megabytes:6.1f} MB  {root}  ({outcomes[root]})")
     if not args.no_tokenizers:
         folder = args.out / TOKENIZERS_DIR
-        print(f"tokenizers trained on the train-split texts:\n"
+        print(f"tokenizers trained on the train-split texts ({outcomes[folder]}):\n"
               f"  LLM (GPT-2 byte-level BPE, {DEMO_LLM_VOCAB} tokens)   {folder / LLM_DIR}\n"
               f"  Q-Former (BERT WordPiece, {DEMO_BERT_VOCAB} tokens)  {folder / BERT_DIR}")
     return 0

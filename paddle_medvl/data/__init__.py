@@ -51,7 +51,10 @@ def fill_prompt(template: str, record: Record) -> str:
 
 
 def load_records(cfg: DataConfig, split: str) -> list[Record]:
-    """Every usable record of one split; problems raise, or are skipped and reported (Data.on_error)."""
+    """Every usable record of one split; problems raise, or are skipped and reported (Data.on_error).
+
+    Records without text (a blank caption) are left out in either mode, with one warning at the end.
+    """
     if cfg.format not in READERS:
         raise DataError(f"Data.format {cfg.format!r} is not a known format: {', '.join(READERS)}")
     root = Path(cfg.root)
@@ -63,6 +66,12 @@ def load_records(cfg: DataConfig, split: str) -> list[Record]:
     template = cfg.prompt or default_prompt
     for record in records:
         record.prompt = fill_prompt(template, record)
+    if problems.left_out_total:
+        print(
+            f"[paddle_medvl] warning: {cfg.format} {split}: left out {problems.left_out_total} records without text: "
+            f"{problems.left_out_summary()}",
+            flush=True,
+        )
     if problems.total:
         print(f"[paddle_medvl] {cfg.format} {split}: skipped {problems.total} bad records: {problems.summary()}", flush=True)
     if not records:

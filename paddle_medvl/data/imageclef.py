@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .record import DataError, Problems, Record, image_for_id, read_rows
+from .record import DataError, Problems, Record, image_for_id, read_rows, visible
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,32 @@ def concept_sentence(names: list[str]) -> str:
     return f"The image shows {', '.join(names)}." if names else ""
 
 
+def first_of_each(rows: list[tuple[int, list[str]]], path: Path, key: str, problems: Problems) -> dict[str, str]:
+    """{first cell: second cell} of two-column rows; a repeated first cell is a problem naming both lines.
+
+    A dict would keep the later row without a word, and which of two rows is right is a guess.
+    """
+    values: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for line, (name, value) in rows:
+        if name in first_line:
+            problems(f"duplicate {key}", f"{path}:{line}: duplicate {key} {name!r} (first on line {first_line[name]})")
+            continue
+        first_line[name] = line
+        values[name] = value
+    return values
+
+
 def read_captions(layout: CaptionLayout, root: Path, split: str, image_dir: str, problems: Problems) -> list[Record]:
     """One record per image: caption as target, CUIs and the concept sentence as extras, and for a
-    concept-detection head the CUIs' line numbers in the mapping file (``concept_ids``, from 0) and
+    concept-detection head the CUIs' row numbers in the mapping file (``concept_ids``, from 0) and
     the mapping's size (``concept_classes``).
 
     The concept file and the mapping are optional (the test split has neither); a CUI missing
-    from the mapping is left out of the sentence and counted, not an error.
+    from the mapping is left out of the sentence and counted, not an error. An ID twice in the
+    concept file, or a CUI twice in the mapping, is a problem naming both lines (which row would
+    win is a guess); skipped, the first row counts. A caption of no visible text is left out
+    with a warning (the official 2023 validation file has one, a lone U+202F).
     """
     caption_path = root / layout.captions.format(split=split)
     if not caption_path.is_file():
@@ -82,13 +101,14 @@ def read_captions(layout: CaptionLayout, root: Path, split: str, image_dir: str,
     concepts: dict[str, list[str]] = {}
     concept_path = root / layout.concepts.format(split=split)
     if concept_path.is_file():
-        for line, (image_id, cuis) in read_rows(concept_path, layout.delimiter, problems, layout.concept_header):
-            concepts[image_id] = [c.strip() for c in cuis.split(";") if c.strip()]
+        rows = read_rows(concept_path, layout.delimiter, problems, layout.concept_header)
+        for image_id, cuis in first_of_each(rows, concept_path, "ID", problems).items():
+            concepts[image_id] = [visible(c) for c in cuis.split(";") if visible(c)]
     names: dict[str, str] = {}
     mapping_path = root / layout.mapping
     if mapping_path.is_file():
-        for _, (cui, name) in read_rows(mapping_path, layout.delimiter, problems, layout.mapping_header, width=2):
-            names[cui] = name
+        rows = read_rows(mapping_path, layout.delimiter, problems, layout.mapping_header, width=2)
+        names = first_of_each(rows, mapping_path, "CUI", problems)
 
     class_of = {cui: i for i, cui in enumerate(names)}
     records: list[Record] = []
@@ -101,10 +121,10 @@ def read_captions(layout: CaptionLayout, root: Path, split: str, image_dir: str,
             problems("duplicate ID", f"{where}: duplicate ID {image_id!r} (first on line {seen[image_id]})")
             continue
         seen[image_id] = line
-        if not caption:
-            problems("empty caption", f"{where}: empty caption for ID {image_id!r}")
+        if not caption:  # read_rows strips Unicode and zero-width spaces: this was blank
+            problems.leave_out("no caption text", f"{where}: ID {image_id!r} has no caption text (empty or only spaces)")
             continue
-        path = image_for_id(images, image_id, ".jpg", f"{where}: ID {image_id!r}", problems)
+        path = image_for_id(root, images, image_id, ".jpg", f"{where}: ID {image_id!r}", problems)
         if path is None:
             continue
         cuis = concepts.get(image_id, [])

@@ -63,7 +63,7 @@ def read_medvqa(
         if image_id in by_image:
             problems("duplicate ID", f"{where}: duplicate ImageID (entry {index})")
             continue
-        path = image_for_id(images, image_id, ".jpg", where, problems)
+        path = image_for_id(root, images, image_id, ".jpg", where, problems)
         if path is None:
             continue
         records = []

@@ -173,7 +173,7 @@ def read_r2gen(
             problems("empty report", f"{where}: empty report")
             continue
         try:
-            paths = [resolve_under(images, str(p), where) for p in entry["image_path"]]
+            paths = [resolve_under(images, str(p), where, root) for p in entry["image_path"]]
         except DataError as e:
             problems("path outside the data root", str(e))
             continue
