@@ -1,8 +1,22 @@
 """paddle_medvl: BLIP-2-style medical vision-language models on PaddlePaddle."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+
+
+def _paddle_installed() -> None:
+    """Paddle is no hard requirement (pip would put the CPU wheel over a GPU or NPU one): say how to
+    get it instead of failing later with "No module named 'paddle'". Looks without importing it."""
+    if importlib.util.find_spec("paddle") is None:
+        raise ImportError(
+            "paddle_medvl needs PaddlePaddle, which is not installed: pip install -e \".[cpu]\" -c constraints.txt "
+            "for the CPU wheel, or see the README's Devices section for GPU (paddlepaddle-gpu) and NPU (paddle-custom-npu)"
+        )
+
+
+_paddle_installed()
 
 
 def _fast_mkl_on_amd() -> None:
