@@ -3,6 +3,7 @@
 Shared by ``tools/predict.py``, ``tools/eval.py`` and training, so that all of them read the same
 config the same way:
 
+    cfg = load_run_config(config, overrides, checkpoint)  # prediction: a checkpoint's saved settings under the config's
     cfg.Model = resolve_model_config(cfg.Model)   # the checkpoint's architecture, this run's settings
     tokenizer, qformer_tokenizer = build_tokenizers(cfg.Model, training=True)
     model = build_model(cfg.Model)                 # Model.pretrained, or random weights
@@ -16,10 +17,11 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .config import Config, LanguageConfig, ModelConfig, QFormerConfig
+from .config import Config, LanguageConfig, ModelConfig, QFormerConfig, get_field, load_config, set_field, to_dict
 from .data.collate import Collator, TextFormat
+from .errors import MedVLError
 from .models.language import NO_LLM
 
 # With Model.pretrained, the checkpoint's config.yaml is the model (its sizes, its LLM settings and
@@ -54,24 +56,11 @@ TOKENIZER_HELP = {
 }
 
 
-class BuildError(ValueError):
+class BuildError(MedVLError, ValueError):
     """A config whose parts cannot be built; the message names the key and what to do."""
 
 
 # ---------------------------------------------------------------------------- model config
-
-
-def _get(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _set(obj: Any, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        obj = getattr(obj, part)
-    setattr(obj, leaf, value)
 
 
 def resolve_model_config(model: ModelConfig) -> ModelConfig:
@@ -85,14 +74,37 @@ def resolve_model_config(model: ModelConfig) -> ModelConfig:
 
     resolved = checkpoint_config(Path(model.pretrained))
     for name in RUNTIME_FIELDS:
-        value = _get(model, name)
+        value = get_field(model, name)
         if name.endswith("tokenizer") and not value:
             continue
-        _set(resolved, name, copy.deepcopy(value))
+        set_field(resolved, name, copy.deepcopy(value))
     if model.language.architecture == NO_LLM:
         resolved.language = copy.deepcopy(model.language)
     resolved.pretrained = model.pretrained
     return resolved
+
+
+def load_run_config(config: str | Path | None, overrides: Sequence[str] = (), checkpoint: str | Path | None = None) -> Config:
+    """The config of a run over a trained checkpoint (``tools/predict.py --checkpoint``).
+
+    Without ``checkpoint``: ``config`` and ``overrides``, as :func:`~paddle_medvl.config.load_config`.
+    With it, the checkpoint's saved settings (its config.yaml: Model, with its own copies of the
+    tokenizers, and the run's Data, Decode and Eval) are the base, ``config`` applies over them key by
+    key, as if it began with ``_base_: <checkpoint>/config.yaml``, and ``overrides`` last; then
+    ``Model.pretrained`` is the checkpoint. So the checkpoint alone predicts as its training run
+    validated, and ``-o Decode.num_beams=1`` changes just that. The architecture and weights always
+    come from the checkpoint (:func:`resolve_model_config`).
+    """
+    if checkpoint is None:
+        return load_config(config, overrides)
+    from .models.blip2 import RUN_SECTIONS, checkpoint_settings
+
+    folder = Path(checkpoint)
+    saved = checkpoint_settings(folder)  # its folders as absolute paths
+    tree = {name: to_dict(getattr(saved, name)) for name in ("Model", *RUN_SECTIONS)}
+    cfg = load_config(config, overrides, base=tree, base_source=str(folder / "config.yaml"))
+    cfg.Model.pretrained = str(folder)
+    return cfg
 
 
 def build_model(model: ModelConfig):

@@ -9,6 +9,7 @@ the file (or the override) it came from.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import types
@@ -455,12 +456,35 @@ def apply_overrides(tree: dict, overrides: Sequence[str], origin: dict) -> None:
         origin[key] = f"-o {text}"
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), schema: type = Config) -> Any:
-    """Read ``path`` (with its ``_base_`` chain), apply overrides, and type-check everything."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), schema: type = Config,
+                base: dict | None = None, base_source: str = "") -> Any:
+    """Read ``path`` (with its ``_base_`` chain), apply overrides, and type-check everything.
+
+    ``base``: settings under all of that, as if ``path`` began with ``_base_`` naming them
+    (``base_source`` says where they came from in errors), e.g. a checkpoint's saved settings."""
     origin: dict[str, str] = {}
-    tree = _load_tree(Path(path), origin) if path else {}
+    tree: dict = {}
+    if base:
+        _merge(tree, copy.deepcopy(base), origin, base_source or "<base settings>")
+    if path:
+        _merge(tree, _load_tree(Path(path), origin), {}, "")
     apply_overrides(tree, overrides, origin)
     return _build(schema, tree, origin)
+
+
+def get_field(obj: Any, dotted: str) -> Any:
+    """``obj.a.b`` for ``"a.b"``: config fields named as in ``-o`` overrides."""
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_field(obj: Any, dotted: str, value: Any) -> None:
+    """``obj.a.b = value`` for ``"a.b"``."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, leaf, value)
 
 
 def to_dict(config: Any) -> dict:

@@ -444,3 +444,63 @@ def test_decoded_text_keeps_the_written_spacing(tmp_path, kind):
     ids = tok(text, add_special_tokens=False)["input_ids"]
     [(decoded, truncated)] = decode_rows(np.array([ids + [eos, 5]]), tok, eos)
     assert (decoded, truncated) == (text, False)
+
+
+# ---------------------------------------------------------------- checkpoints that are not ours; DICOM input
+
+
+@pytest.mark.parametrize("layout", ["config.json", "safetensors"])
+def test_hugging_face_folder_says_convert_it_first(env, tmp_path, capsys, layout):
+    """A Hugging Face BLIP-2 folder (known by its config.json, or by its tensor names) as --checkpoint
+    or as Model.pretrained: an error that gives the conversion command, exit code 1, nothing written."""
+    from safetensors.numpy import save_file
+
+    hf = tmp_path / "blip2-opt-2.7b"
+    hf.mkdir()
+    if layout == "config.json":
+        (hf / "config.json").write_text(json.dumps({"architectures": ["Blip2ForConditionalGeneration"], "model_type": "blip-2"}))
+    else:
+        save_file({"language_model.model.decoder.embed_tokens.weight": np.zeros((4, 2), np.float32)}, str(hf / "model.safetensors"))
+    image = next((env["data"]["caption"] / "valid").iterdir())
+    out = tmp_path / "run.txt"
+    hint = f"python tools/convert_hf.py --hf {hf} --out OUT"
+    assert predict_tool.main(["--checkpoint", str(hf), "--images", str(image), "--out", str(out)]) == 1
+    assert hint in capsys.readouterr().err
+    assert predict_tool.main(["-c", str(env["configs"]["caption"]), "-o", f"Model.pretrained={hf}",
+                              "--images", str(image), "--out", str(out)]) == 1
+    assert hint in capsys.readouterr().err and not out.exists()
+
+
+def write_dicom_image(path: Path, pixels: np.ndarray) -> None:
+    """An 8-bit MONOCHROME2 DICOM file, as a scanner's secondary capture writes one."""
+    pytest.importorskip("pydicom", reason="DICOM input needs pydicom (the dicom extra)")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = pixels.astype(np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_predict_images_takes_dicom(env, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    png = next((env["data"]["caption"] / "valid").iterdir())
+    (images / png.name).write_bytes(png.read_bytes())
+    write_dicom_image(images / "scan.dcm", np.arange(32 * 32).reshape(32, 32) % 251)
+    out = tmp_path / "run.csv"
+    assert predict_tool.main(["-c", str(env["configs"]["caption"]), "--checkpoint", str(env["ckpt"]),
+                              "--images", str(images), "--out", str(out)]) == 0
+    assert sorted(parse_imageclef_run(out)) == sorted([png.stem, "scan"])
+    # one DICOM file given directly
+    assert predict_tool.main(["-c", str(env["configs"]["caption"]), "--checkpoint", str(env["ckpt"]),
+                              "--images", str(images / "scan.dcm"), "--out", str(out)]) == 0
+    assert list(parse_imageclef_run(out)) == ["scan"]

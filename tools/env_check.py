@@ -13,8 +13,9 @@ import math
 import sys
 import traceback
 
-from paddle_medvl.config import ConfigError, add_config_args, load_config
-from paddle_medvl.device import DeviceError, setup_device
+from paddle_medvl.config import add_config_args, load_config
+from paddle_medvl.device import setup_device
+from paddle_medvl.errors import USER_ERRORS
 
 
 def versions() -> list[str]:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = args.device or load_config(args.config, args.override).Global.device
         device = setup_device(spec)
-    except (ConfigError, DeviceError) as e:
+    except USER_ERRORS as e:
         print(f"FAIL: {e}")
         return 1
     for line in versions():

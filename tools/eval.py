@@ -34,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from paddle_medvl.config import ConfigError, load_config
-    from paddle_medvl.data import DataError
-    from paddle_medvl.eval.formats import FormatError
-    from paddle_medvl.eval.metrics import MetricsInputError, MetricUnavailable
+    from paddle_medvl.errors import USER_ERRORS
 
     try:
         cfg = load_config(args.config, args.override)
@@ -44,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if not predictions:
             raise ConfigError("no predictions file: give --predictions FILE (or Eval.output)")
         return run(cfg, args, Path(predictions))
-    except (ConfigError, DataError, FormatError, MetricsInputError, MetricUnavailable, FileNotFoundError, ValueError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

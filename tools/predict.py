@@ -1,13 +1,32 @@
 """Generate captions, answers or reports and write them in the task's official submission format.
 
+    python tools/predict.py --checkpoint output/demo/caption_tiny/final --images test_images/ --out run.csv
     python tools/predict.py -c CONFIG --split valid --out runs/valid_run.csv
-    python tools/predict.py -c CONFIG --checkpoint checkpoints/best --images test_images/ --out run.csv
+    python tools/predict.py -c CONFIG --checkpoint checkpoints/best --images test_images/ --out run.csv -o Decode.num_beams=1
     python tools/predict.py -c CONFIG --images one.jpg --out one.json --format json --no-postprocess
 
+Settings. A checkpoint folder that training wrote (``final/``, ``checkpoint-<step>/``) is
+self-contained: its ``config.yaml`` holds the model and the run's ``Data`` (image size, views,
+prompt, format), ``Decode`` and ``Eval`` sections, and the folder holds copies of the tokenizers
+(``tokenizer/``, ``qformer_tokenizer/``). So ``--checkpoint DIR`` alone predicts as training
+validated, from any directory, and after the folder has moved (a checkpoint of the trainable
+weights only names its base, ``Model.pretrained``, by absolute path: that one stays put).
+
+Precedence, lowest first: the checkpoint's saved settings, then ``-c CONFIG`` key by key (as if
+CONFIG began with ``_base_: DIR/config.yaml``: a key CONFIG sets wins, a key it leaves out keeps
+the checkpoint's value), then ``-o`` overrides; ``-c CONFIG --checkpoint DIR -o
+Decode.num_beams=1`` changes only the beams. The architecture and weights always come from the
+checkpoint; of ``Model`` only the run-time fields (dtype, tokenizer folders, ...:
+``RUNTIME_FIELDS`` in ``paddle_medvl/build.py``) apply. Without ``--checkpoint``, CONFIG and
+``-o`` are the whole config and ``Model.pretrained`` only names the weights (no settings are read
+from it). A Hugging Face checkpoint folder must be converted first (``tools/convert_hf.py``); the
+error says so.
+
 Input: a data-set split (``--split``, records from ``Data.format`` under ``Data.root``), a folder of
-images (all images, sorted by name) or one image file (``--images``). Images from ``--images`` are
-named by their file stem and prompted with ``Data.prompt``; for VQA each image is asked the 18
-MEDVQA-GI questions (QuestionID 0-17), each through ``Data.prompt`` (default ``{question}``).
+images (all images, DICOM ``.dcm`` included, sorted by name) or one image file (``--images``).
+Images from ``--images`` are named by their file stem and prompted with ``Data.prompt``; for VQA
+each image is asked the 18 MEDVQA-GI questions (QuestionID 0-17), each through ``Data.prompt``
+(default ``{question}``).
 
 Output (``--format auto``): caption -> ImageCLEF run file (``ID|caption``), vqa -> MEDVQA-GI
 submission JSON, report -> CSV (``id,report``) for a ``.csv`` path, else JSON. See
@@ -19,7 +38,10 @@ import argparse
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from paddle_medvl.data.image import DICOM_SUFFIXES
+
+# What --images takes from a folder: what data/image.py's load_image decodes (DICOM needs pydicom)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES)
 
 
 def records_from_images(source: Path, cfg, task: str) -> list:
@@ -63,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    parser.add_argument("--checkpoint", help="a checkpoint folder (overrides Model.pretrained)")
+    parser.add_argument("--checkpoint", help="a checkpoint folder: its weights and, under -c/-o, its saved settings "
+                                             "(Model.pretrained is this folder)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, help="an image file or a folder of images")
     source.add_argument("--split", help="a split of the data set in Data.format under Data.root (e.g. valid)")
@@ -73,23 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-postprocess", action="store_true", help="keep the raw generated text (Eval.postprocess=false)")
     args = parser.parse_args(argv)
 
-    from paddle_medvl.build import BuildError
-    from paddle_medvl.config import ConfigError, load_config
-    from paddle_medvl.data import DataError
-    from paddle_medvl.device import DeviceError
-    from paddle_medvl.eval.formats import FormatError
+    from paddle_medvl.build import load_run_config
+    from paddle_medvl.config import ConfigError
+    from paddle_medvl.errors import USER_ERRORS
 
     try:
-        cfg = load_config(args.config, args.override)
-        if args.checkpoint:
-            cfg.Model.pretrained = args.checkpoint
+        cfg = load_run_config(args.config, args.override, args.checkpoint)
         if args.no_postprocess:
             cfg.Eval.postprocess = False
         out = args.out or cfg.Eval.output
         if not out:
             raise ConfigError("no output file: give --out FILE (or Eval.output)")
         return run(cfg, args, Path(out))
-    except (BuildError, ConfigError, DataError, DeviceError, FormatError, FileNotFoundError, ValueError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -58,9 +58,9 @@ class Collator:
         concept_classes: int = 0,
     ) -> None:
         if tokenizer.pad_token_id is None:
-            raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no pad token; set one in its config")
+            raise ConfigError(f"the tokenizer {type(tokenizer).__name__} has no pad token; set one in its config")
         if (text.add_bos and tokenizer.bos_token_id is None) or (text.eos_token and tokenizer.eos_token_id is None):
-            raise ValueError(f"the tokenizer {type(tokenizer).__name__} lacks the bos/eos token its TextFormat asks for")
+            raise ConfigError(f"the tokenizer {type(tokenizer).__name__} lacks the bos/eos token its TextFormat asks for")
         self.tokenizer, self.text = tokenizer, text
         self.max_prompt_len, self.max_target_len = max_prompt_len, max_target_len
         self.qformer_tokenizer, self.qformer_field, self.max_qformer_len = qformer_tokenizer, qformer_field, max_qformer_len

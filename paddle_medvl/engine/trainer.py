@@ -244,9 +244,11 @@ class MedVLTrainer(Trainer):
 
     def get_train_dataloader(self):
         sampler = EpochBatchSampler(self.train_dataset, self.args.per_device_train_batch_size, self.args.seed)
-        return paddle.io.DataLoader(
+        from ..data.loader import data_loader  # a worker's DataError raised as itself, skips counted
+
+        return data_loader(
             self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
+            num_workers=self.args.dataloader_num_workers, name="train",
         )
 
     def create_scheduler(self, num_training_steps: int):
@@ -354,8 +356,10 @@ class MedVLTrainer(Trainer):
     @paddle.no_grad()
     def _validation_loss(self, records) -> float | None:
         dataset = RecordDataset(list(records), self.cfg.Data, train=False)
-        loader = paddle.io.DataLoader(dataset, batch_size=self.cfg.Eval.batch_size, collate_fn=self.data_collator,
-                                      num_workers=self.cfg.Data.num_workers)
+        from ..data.loader import data_loader  # a worker's DataError raised as itself, skips counted
+
+        loader = data_loader(dataset, batch_size=self.cfg.Eval.batch_size, collate_fn=self.data_collator,
+                             num_workers=self.cfg.Data.num_workers, name="validation loss")
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
@@ -419,7 +423,7 @@ class MedVLTrainer(Trainer):
         def write(folder: Path) -> None:
             if sharded:
                 dist.barrier()
-            self.model.save_pretrained(folder, names, base)
+            self.model.save_pretrained(folder, names, base, settings=self.cfg)  # self-contained: Data/Decode/Eval + tokenizers
             states.save_state(folder, self._optimizer_state_name(), self.optimizer.state_dict())
             states.save_state(folder, STATE_NAMES["scheduler"], self.lr_scheduler.state_dict())
             if self.do_grad_scaling:
@@ -482,7 +486,7 @@ class MedVLTrainer(Trainer):
         if not self.args.should_save:
             return None
         names, base = self._weights_to_save()
-        return ckpt.write_folder(Path(self.args.output_dir) / MODEL_DIR, lambda f: self.model.save_pretrained(f, names, base))
+        return ckpt.write_folder(Path(self.args.output_dir) / MODEL_DIR, lambda f: self.model.save_pretrained(f, names, base, settings=self.cfg))
 
 
 def _rng_name(size: int) -> str:

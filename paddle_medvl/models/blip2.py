@@ -25,8 +25,11 @@ loss on the caption (in the Q-Former's tokenizer), and ``generate`` decodes with
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
+import os
 import re
+import shutil
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -37,7 +40,7 @@ from paddle import Tensor, nn
 from paddle.nn import functional as F
 
 from ..atomic import atomic_path, atomic_write
-from ..config import ConfigError, DecodeConfig, ModelConfig, load_config, to_dict
+from ..config import Config, ConfigError, DecodeConfig, ModelConfig, get_field, load_config, set_field, to_dict
 from ..data.collate import IGNORE_INDEX
 from ..workarounds import fix_frozen_layer_norms, stride_kernels
 from .eva_vit import EvaViT
@@ -48,6 +51,28 @@ from .qformer import QFormer, TextDecoder, create_query_tokens
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.yaml"
+# The run's sections a checkpoint carries beside Model, so that the folder alone predicts as the run
+# validated: the image transform and prompt (Data), decoding (Decode), task and post-processing (Eval).
+RUN_SECTIONS = ("Data", "Decode", "Eval")
+# Files of a tokenizer folder (paddlenlp's and Hugging Face's names); a checkpoint copies these and no
+# others, since the folder may be a whole Hugging Face checkpoint with gigabytes of weights beside them.
+TOKENIZER_FILES = (
+    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.json", "vocab.json",
+    "vocab.txt", "merges.txt", "chat_template.json", "chat_template.jinja", "*.model", "*.tiktoken",
+)
+# Model fields naming a local folder the model needs -> (the copy's name inside a checkpoint, the files
+# copied). The checkpoint's config.yaml names the copy relative to the checkpoint, so the folder can move.
+BUNDLED_FOLDERS = {
+    "language.tokenizer": ("tokenizer", TOKENIZER_FILES),
+    "qformer.tokenizer": ("qformer_tokenizer", TOKENIZER_FILES),
+    "language.path": ("language", ("config.json",)),
+}
+# Architectures and model types of Hugging Face BLIP-2 folders (config.json), and the LLM key prefixes
+# of their safetensors (ours are paddlenlp's: language_model.opt.*), to tell them from our checkpoints.
+HF_ARCHITECTURES = ("Blip2ForConditionalGeneration", "InstructBlipForConditionalGeneration")
+HF_MODEL_TYPES = ("blip-2", "instructblip")
+HF_LLM_PREFIXES = ("language_model.model.", "language_model.lm_head.", "language_model.shared.",
+                   "language_model.encoder.", "language_model.decoder.")
 
 
 class Blip2Output(NamedTuple):
@@ -161,7 +186,7 @@ class Blip2(nn.Layer):
             query_output = self.qformer(self.query_tokens, image, None, qformer_ids, qformer_mask)
         elif self.config.concept_loss_weight > 0:
             if qformer_ids is None:
-                raise ValueError(
+                raise ConfigError(
                     "Model.concept_loss_weight > 0 needs the concept sentence in the batch (qformer_ids): "
                     "build the collator with the Q-Former tokenizer and qformer_field='concept_sentence'"
                 )
@@ -189,7 +214,7 @@ class Blip2(nn.Layer):
         if self.concept_head is None or self.config.concept_detection_weight <= 0:
             return out
         if concept_labels is None:
-            raise ValueError("Model.concept_detection_weight > 0 needs the images' CUIs in the batch (concept_labels, "
+            raise ConfigError("Model.concept_detection_weight > 0 needs the images' CUIs in the batch (concept_labels, "
                              "made by build.build_collator from the records of the imageclef_caption and rocov2 formats)")
         features = query_output.reshape([-1, views, query_output.shape[1] * query_output.shape[2]]).mean(axis=1)
         logits = self.concept_head(features).astype("float32")
@@ -202,7 +227,7 @@ class Blip2(nn.Layer):
         """No LLM: the caption loss is the Q-Former text decoder's, on the caption in its tokenizer
         (returned after the query outputs)."""
         if ids is None or views > 1:
-            raise ValueError("a model without an LLM needs the caption in the Q-Former's tokenizer (qformer_ids, "
+            raise ConfigError("a model without an LLM needs the caption in the Q-Former's tokenizer (qformer_ids, "
                              "build.build_collator does it) and one view per sample")
         query_output, logits = self.qformer.forward_text(self.query_tokens, image, ids, mask)
         caption = self.qformer.text_loss(logits, ids, mask)
@@ -240,8 +265,15 @@ class Blip2(nn.Layer):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save_pretrained(self, folder: str | Path, names: Collection[str] | None = None, base: str | Path = "") -> None:
-        """``config.yaml`` (the Model section) + ``model.safetensors``, each written atomically.
+    def save_pretrained(self, folder: str | Path, names: Collection[str] | None = None, base: str | Path = "",
+                        settings: Config | None = None) -> None:
+        """A self-contained checkpoint: ``config.yaml``, ``model.safetensors`` and copies of the
+        tokenizer folders (``tokenizer/``, ``qformer_tokenizer/``), each written atomically.
+
+        ``config.yaml`` holds the Model section (its folders named relative to the checkpoint, see
+        ``BUNDLED_FOLDERS``) and, given the run's ``settings``, its ``RUN_SECTIONS`` (``Data.root``
+        made absolute, ``Eval.output`` left out): ``tools/predict.py --checkpoint`` alone then uses the
+        image size, prompt, decoding and post-processing the run validated with, from any directory.
 
         ``names``/``base``: write only these tensors (e.g. the trainable ones) and name the checkpoint
         folder that holds the rest as ``Model.pretrained``; loading reads the base first. A
@@ -255,10 +287,21 @@ class Blip2(nn.Layer):
         config = copy.deepcopy(self.config)
         config.pretrained = str(Path(base).resolve()) if names is not None and base else ""
         if names is not None and not base and len(state) < len(self.state_dict()):
-            raise ValueError("a checkpoint of some tensors only needs the base checkpoint that holds the others")
+            raise ConfigError("a checkpoint of some tensors only needs the base checkpoint that holds the others")
+        copied: dict[tuple, str] = {}  # one copy of the same files that two fields name (e.g. both tokenizers)
+        for field_name, (copy_name, patterns) in BUNDLED_FOLDERS.items():
+            source = get_field(config, field_name)
+            if source:
+                key = (Path(source).resolve(), patterns)
+                if key not in copied:
+                    copied[key] = _bundle_folder(key[0], folder / copy_name, patterns)
+                set_field(config, field_name, copied[key])
         with atomic_path(folder / WEIGHTS) as tmp:
             save_file(state, str(tmp), metadata={"format": "paddle_medvl"})
-        atomic_write(folder / CONFIG, lambda f: f.write(_yaml({"Model": to_dict(config)})))
+        tree = {"Model": to_dict(config)}
+        if settings is not None:
+            tree.update(run_settings(settings))
+        atomic_write(folder / CONFIG, lambda f: f.write(_yaml(tree)))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, config: ModelConfig | None = None) -> "Blip2":
@@ -306,7 +349,7 @@ class Blip2(nn.Layer):
             if shape[k] != list(own[k].shape)
         )
         if missing or unexpected or mis_shaped:
-            raise ValueError(
+            raise ConfigError(
                 f"{folder}: the checkpoint does not fit the model config:"
                 + (f"\n  missing ({len(missing)}): {', '.join(missing[:20])}" if missing else "")
                 + (f"\n  unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}" if unexpected else "")
@@ -341,22 +384,112 @@ def checkpoint_chain(folder: Path) -> list[Path]:
             return chain
         base_path = Path(base)
         if base_path.resolve() in {p.resolve() for p in chain}:
-            raise ValueError(f"{folder}: checkpoints name each other as Model.pretrained: {base_path}")
+            raise ConfigError(f"{folder}: checkpoints name each other as Model.pretrained: {base_path}")
         chain.insert(0, base_path)
 
 
 def checkpoint_config(folder: Path) -> ModelConfig:
-    """The model config a checkpoint folder was saved with; a missing folder says how to make one."""
+    """The model config a checkpoint folder was saved with, its bundled folders (tokenizers) as paths
+    inside it; a missing folder says how to make one, a Hugging Face folder how to convert it."""
+    return checkpoint_settings(folder).Model
+
+
+def checkpoint_settings(folder: Path) -> Config:
+    """Everything a checkpoint's config.yaml holds: Model (as :func:`checkpoint_config`) and the run's
+    ``RUN_SECTIONS`` it was saved with (defaults for a checkpoint saved without them)."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder}: no such checkpoint folder. Download the Hugging Face checkpoint (e.g. "
             "Salesforce/blip2-opt-2.7b: config.json + *.safetensors) on a machine with internet and convert "
             f"it: python tools/convert_hf.py --hf DIR --out {folder}"
         )
+    if not (folder / CONFIG).is_file():
+        foreign = _hugging_face_layout(folder)
+        if foreign:
+            raise ConfigError(
+                f"{folder}: a Hugging Face checkpoint ({foreign}), not a paddle_medvl one (no {CONFIG}); "
+                f"convert it first: python tools/convert_hf.py --hf {folder} --out OUT, then use OUT"
+            )
     try:
-        return load_config(folder / CONFIG).Model
+        settings = load_config(folder / CONFIG)
     except ConfigError as e:
         raise ConfigError(f"{folder}: not a paddle_medvl checkpoint ({e})") from None
+    for field_name, (copy_name, _) in BUNDLED_FOLDERS.items():
+        value = get_field(settings.Model, field_name)
+        # A relative folder is the checkpoint's own copy when it is there; checkpoints written before
+        # folders were bundled keep the path as the training run wrote it.
+        if value and not Path(value).is_absolute() and (folder / value).is_dir():
+            set_field(settings.Model, field_name, str((folder / value).resolve()))
+    return settings
+
+
+def run_settings(settings: Config) -> dict:
+    """The ``RUN_SECTIONS`` of a run's config as a checkpoint saves them: paths that the checkpoint's
+    users read from elsewhere made absolute (``Data.root``, ``Eval.bertscore_model``), and no
+    ``Eval.output`` (where one run wrote its predictions is no setting of the model's)."""
+    tree = {name: to_dict(getattr(settings, name)) for name in RUN_SECTIONS}
+    for section, key in (("Data", "root"), ("Eval", "bertscore_model")):
+        if tree[section].get(key):
+            tree[section][key] = str(Path(tree[section][key]).resolve())
+    tree["Eval"]["output"] = ""
+    return tree
+
+
+def _hugging_face_layout(folder: Path) -> str:
+    """What marks ``folder`` as a Hugging Face BLIP-2 checkpoint ("" if nothing does): its config.json's
+    architecture or model type, or safetensors keys with Hugging Face's LLM names."""
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        try:
+            hf = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            hf = None
+        if isinstance(hf, dict):
+            architectures = [a for a in hf.get("architectures") or [] if a in HF_ARCHITECTURES]
+            if architectures:
+                return f"config.json: architectures {architectures[0]}"
+            if hf.get("model_type") in HF_MODEL_TYPES:
+                return f"config.json: model_type {hf['model_type']}"
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                hf_keys = [k for k in handle.keys() if k.startswith(HF_LLM_PREFIXES)]
+        except (OSError, SafetensorError):  # not a safetensors file after all: it tells nothing
+            continue
+        if hf_keys:
+            return f"{path.name} has Hugging Face tensor names such as {hf_keys[0]}"
+    return ""
+
+
+def _bundle_folder(source: Path, target: Path, patterns: Collection[str]) -> str:
+    """Copy the files of ``source`` matching ``patterns`` into ``target`` (replacing what was there);
+    returns what config.yaml names: ``target``'s name, or ``source`` as an absolute path when nothing
+    can be copied (a folder that is gone, or holds none of those files), so saving never fails here."""
+    if source == target.resolve():
+        return target.name  # saving into the checkpoint this model was loaded from
+    files = []
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns))
+    if not files:
+        return str(source)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for path in files:
+        shutil.copyfile(path, tmp / path.name)
+        with open(tmp / path.name, "rb") as f:  # on disk before config.yaml names the copy
+            os.fsync(f.fileno())
+    if target.exists():
+        old = target.with_name(f".{target.name}.{os.getpid()}.old")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return target.name
 
 
 @contextmanager
@@ -376,7 +509,15 @@ def weight_files(folder: Path) -> list[Path]:
     """``model.safetensors``, or the shards ``model.safetensors.index.json`` lists (ours and HF's alike)."""
     index = folder / INDEX
     if index.is_file():
-        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{index}: not a safetensors index (a JSON object with a weight_map): {e}") from None
+        for name in names:  # a shard is a file of this folder: an index cannot point the loader elsewhere
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise ConfigError(f"{index}: shard {name!r} is not a file name in {folder} (refused: a checkpoint "
+                                  "reads only its own files)")
+        return [folder / name for name in names]
     if (folder / WEIGHTS).is_file():
         return [folder / WEIGHTS]
     raise FileNotFoundError(f"{folder}: neither {WEIGHTS} nor {INDEX} is there")

@@ -19,6 +19,7 @@ from typing import Any
 import paddle
 from paddle import Tensor
 
+from ..config import ConfigError
 from ..workarounds import log_softmax
 
 _NEG = -1.0e9  # HF's "never" score for unused beams
@@ -136,15 +137,15 @@ def beam_search(
 
 def check_decoding(beams: int, max_new: int, min_new: int, penalty: float, ngram: int) -> None:
     if not (isinstance(beams, int) and beams >= 1):
-        raise ValueError(f"num_beams must be an integer >= 1, got {beams!r}")
+        raise ConfigError(f"Decode.num_beams must be an integer >= 1, got {beams!r}")
     if not (isinstance(max_new, int) and max_new >= 1):
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new!r}")
+        raise ConfigError(f"Decode.max_new_tokens must be an integer >= 1, got {max_new!r}")
     if not (isinstance(min_new, int) and min_new >= 0):
-        raise ValueError(f"min_new_tokens must be an integer >= 0, got {min_new!r}")
+        raise ConfigError(f"Decode.min_new_tokens must be an integer >= 0, got {min_new!r}")
     if not penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {penalty!r}")
+        raise ConfigError(f"Decode.repetition_penalty must be > 0, got {penalty!r}")
     if not (isinstance(ngram, int) and ngram >= 0):
-        raise ValueError(f"no_repeat_ngram_size must be an integer >= 0, got {ngram!r}")
+        raise ConfigError(f"Decode.no_repeat_ngram_size must be an integer >= 0, got {ngram!r}")
 
 
 class Processors:

@@ -20,7 +20,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
-from ..config import VisionConfig
+from ..config import ConfigError, VisionConfig
 
 _INIT_STD = 0.02  # trunc-normal std of LAVIS/EVA (BLIP-2 weights are loaded over it in practice)
 
@@ -111,7 +111,7 @@ class Attention(nn.Layer):
         super().__init__()
         dim, self.num_heads = config.hidden_size, config.num_heads
         if dim % self.num_heads:
-            raise ValueError(f"vision hidden_size {dim} is not a multiple of num_heads {self.num_heads}")
+            raise ConfigError(f"vision hidden_size {dim} is not a multiple of num_heads {self.num_heads}")
         self.head_dim = dim // self.num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = _linear(dim, 3 * dim, bias=False)
@@ -185,7 +185,7 @@ class EvaViT(nn.Layer):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         if config.image_size % config.patch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"vision image_size {config.image_size} is not a multiple of patch_size {config.patch_size}"
             )
         self.config = config

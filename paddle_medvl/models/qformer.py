@@ -30,7 +30,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
-from ..config import QFormerConfig
+from ..config import ConfigError, QFormerConfig
 from ..workarounds import log_softmax
 
 _INIT_STD = 0.02  # BERT's initializer_range; also the std of the query tokens (LAVIS)
@@ -85,7 +85,7 @@ class MultiHeadAttention(nn.Layer):
         super().__init__()
         hidden, self.num_heads = config.hidden_size, config.num_heads
         if hidden % self.num_heads:
-            raise ValueError(f"Q-Former hidden_size {hidden} is not a multiple of num_heads {self.num_heads}")
+            raise ConfigError(f"Q-Former hidden_size {hidden} is not a multiple of num_heads {self.num_heads}")
         self.head_dim = hidden // self.num_heads
         self.scale = self.head_dim**-0.5
         self.query = _linear(hidden, hidden)
@@ -200,7 +200,7 @@ class TextEmbeddings(nn.Layer):
     def forward(self, ids: paddle.Tensor) -> paddle.Tensor:
         limit = self.position_embeddings.weight.shape[0]
         if ids.shape[1] > limit:
-            raise ValueError(
+            raise ConfigError(
                 f"Q-Former text of {ids.shape[1]} tokens is longer than max_position_embeddings {limit}"
             )
         positions = paddle.arange(ids.shape[1], dtype="int64")
@@ -288,7 +288,7 @@ class QFormer(nn.Layer):
 
     def _need(self, flag: str, what: str) -> None:
         if not getattr(self.config, flag):
-            raise ValueError(f"this Q-Former was built without {what} (set Model.qformer.{flag}=true)")
+            raise ConfigError(f"this Q-Former was built without {what} (set Model.qformer.{flag}=true)")
 
     # -- public API
 
