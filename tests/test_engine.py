@@ -354,6 +354,30 @@ def test_an_index_naming_a_file_outside_its_folder_is_refused(straight, tmp_path
         Blip2.from_pretrained(folder)
 
 
+def test_resume_reads_an_earlier_versions_pickles_through_the_allow_list(demo, straight, tmp_path):
+    """A checkpoint of the old layout (paddle.save pickles of the optimizer and scheduler) still
+    resumes exactly: read by the allow-list reader, without paddle.load."""
+    import shutil
+
+    import paddle
+
+    from paddle_medvl.engine import state as states
+
+    _, config = demo
+    out = tmp_path / "old"
+    folder = out / "checkpoint-4"
+    shutil.copytree(straight / "checkpoint-4", folder)
+    for name, legacy in (("optimizer", "optimizer.pdopt"), ("scheduler", "scheduler.pdparams")):
+        state = states.load_state(folder, name)
+        paddle.save({k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}, str(folder / legacy))
+        for path in folder.glob(f"{name}.*"):
+            if path.suffix in (".json", ".safetensors"):
+                path.unlink()
+    run(["tools/train.py", "-c", str(config), "-o", f"Train.output_dir={out}", "Global.resume=auto"])
+    a, b = weights(straight / "final"), weights(out / "final")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_keep_last_and_best(demo, tmp_path):
     """keep_last 1 + best by validation loss: the newest checkpoint and the best one survive."""
     from paddle_medvl.engine import checkpoint as ckpt

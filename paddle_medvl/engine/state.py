@@ -114,11 +114,11 @@ def load_state(folder: str | Path, name: str, legacy: str = "") -> Any:
 
 
 def _load_legacy(path: Path) -> Any:
-    from ..convert.safe_pickle import UnsafePickleError, load_paddle_pickle
+    from ..convert.safe_pickle import CheckpointFormatError, load_paddle_pickle
 
     try:
         return load_paddle_pickle(path)
-    except UnsafePickleError as e:
+    except CheckpointFormatError as e:  # an unsafe class (named) or a file that is not a Paddle pickle
         raise StateError(str(e)) from None
 
 
