@@ -237,7 +237,11 @@ def _plan(name: str, ref: TensorRef, transpose: bool, dtype: str) -> PlannedTens
 def write_safetensors(path: str | Path, tensors: Iterable[PlannedTensor], metadata: dict[str, str] | None = None,
                       progress: Callable[[str], None] | None = None) -> Path:
     """A safetensors file written one tensor at a time (the header first, from the planned shapes),
-    atomically; each tensor is made, checked against its plan, written and dropped."""
+    atomically; each tensor is made, checked against its plan, written and dropped.
+
+    Written here because the safetensors library saves only from a dict of tensors held in memory
+    at once (a 6 B-parameter shard would need its whole size in RAM); the format is a length, a
+    JSON header and the raw little-endian bytes, which the library reads back (the tests do)."""
     tensors = list(tensors)
     if sys.byteorder != "little":
         raise ConversionError("safetensors files are little-endian; this machine is not")
