@@ -7,6 +7,8 @@ Fixes (call them explicitly; nothing here patches anything at import):
 3. ``stride_kernels()`` -- safetensors' paddle frontend needs a kernel our device presets turn off.
 4. ``log_softmax(x, axis)`` -- Paddle's CPU ``log_softmax`` floors at -64 and is 7-470x slower than the arithmetic.
 5. ``raise_loader_errors()`` -- Paddle's ``DataLoader`` without workers hangs when a sample or batch fails.
+6. ``catch_dataset_errors`` / ``catch_collate_errors`` / ``raise_caught_errors`` -- with workers, Paddle's
+   ``DataLoader`` loses the error of a sample or batch (a bare ``SystemError: Blocking queue is killed``).
 
 Each has a test in ``tests/test_workarounds.py`` that asserts the defect is still there on the
 unpatched library: when an upgrade fixes one, that test fails and says the workaround can go.
@@ -48,9 +50,12 @@ Defects we avoid by design, so no code is needed (kept here so the list is in on
 """
 from __future__ import annotations
 
+import pickle
+import traceback
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import Tensor, nn
@@ -227,3 +232,139 @@ def raise_loader_errors() -> None:
 
     Iter._thread_loop, Iter.__next__, Iter._medvl_raises = _thread_loop, __next__, True
 
+
+
+# ---------------------------------------------------------------------------- 6. a worker's error is lost
+
+# The key of a sample or batch that stands for an error: its value is the pickled (error, traceback
+# text) as a uint8 array, which Paddle's workers pass on like any other array (shared memory included).
+WORKER_ERROR_KEY = "_medvl_worker_error"
+WORKER_JOIN_SECONDS = 10.0  # how long a worker may take to finish its batch once told to stop
+
+
+class WorkerTraceback(Exception):
+    """Where a loader error was raised: the worker's traceback, chained under the re-raised error."""
+
+
+def _error_value(error: Exception) -> dict:
+    """``error`` as a sample/batch value; an error that does not survive pickling becomes a RuntimeError
+    with its type and message (its class may take other constructor arguments than its message)."""
+    text = traceback.format_exc()
+    try:
+        payload = pickle.dumps((error, text))
+        pickle.loads(payload)
+    except Exception:  # noqa: BLE001 -- any unpicklable error still reaches the caller
+        payload = pickle.dumps((RuntimeError(f"{type(error).__module__}.{type(error).__qualname__}: {error}"), text))
+    return {WORKER_ERROR_KEY: np.frombuffer(payload, dtype=np.uint8).copy()}
+
+
+def _is_error_value(value: Any) -> bool:
+    return isinstance(value, dict) and WORKER_ERROR_KEY in value
+
+
+class _CatchingDataset(paddle.io.Dataset):
+    """A map-style dataset whose ``__getitem__`` returns its error as a value (module level: picklable)."""
+
+    def __init__(self, dataset: paddle.io.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except Exception as e:  # noqa: BLE001 -- handed to the main process
+            return _error_value(e)
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped dataset's attributes (records, set_epoch, ...)
+        if name == "dataset":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class _CatchingCollate:
+    """A ``collate_fn`` that passes a sample's error on as the batch, and returns its own error as one."""
+
+    def __init__(self, collate_fn: Callable[[list], Any] | None) -> None:
+        from paddle.io.dataloader.collate import default_collate_fn
+
+        self.collate_fn = collate_fn or default_collate_fn
+
+    def __call__(self, samples: list) -> Any:
+        for sample in samples:
+            if _is_error_value(sample):
+                return sample
+        try:
+            return self.collate_fn(samples)
+        except Exception as e:  # noqa: BLE001 -- handed to the main process
+            return _error_value(e)
+
+
+def catch_dataset_errors(dataset: paddle.io.Dataset) -> paddle.io.Dataset:
+    """``dataset`` (map-style) whose failing samples come back as error values; see ``raise_caught_errors``."""
+    if isinstance(dataset, paddle.io.IterableDataset):
+        raise TypeError("catch_dataset_errors takes a map-style dataset (paddle.io.Dataset), not an IterableDataset")
+    return _CatchingDataset(dataset)
+
+
+def catch_collate_errors(collate_fn: Callable[[list], Any] | None) -> Callable[[list], Any]:
+    """``collate_fn`` (None: Paddle's default) that turns an error sample, or its own error, into an error batch."""
+    return _CatchingCollate(collate_fn)
+
+
+def close_loader_iterator(iterator: Iterator) -> None:
+    """Stop a Paddle loader iterator now: its reader thread and queues, and its workers (joined, and
+    terminated if one has not finished its batch within ``WORKER_JOIN_SECONDS``). Paddle has no public
+    ``close``; this is what its own end of an epoch does, minus the wait for the rest of the epoch."""
+    from paddle.io.dataloader.dataloader_iter import _DataLoaderIterMultiProcess
+
+    shutdown = getattr(iterator, "_try_shutdown_all", None)
+    if shutdown is None:
+        return
+    if not isinstance(iterator, _DataLoaderIterMultiProcess):
+        shutdown()
+        return
+    shutdown(WORKER_JOIN_SECONDS)
+    for worker in getattr(iterator, "_workers", []):
+        if worker.is_alive():
+            worker.terminate()
+            worker.join()
+
+
+def raise_caught_errors(batches: Iterable) -> Iterator:
+    """The batches of a loader made with ``catch_dataset_errors`` / ``catch_collate_errors``; an error
+    batch stops the loader (``close_loader_iterator``) and is raised here as the original error, its
+    type and message as the worker raised them, with the worker's traceback chained as its cause.
+
+    Defect (Paddle 3.3.1, ``DataLoader(num_workers > 0)``): a worker's exception reaches the loader's
+    reader *thread* as a ``_WorkerException``; that thread kills the blocking queue and raises it
+    there (printed as "Exception in thread ...", its message replaced by the worker's traceback text),
+    so the main thread gets only ``SystemError: (Fatal) Blocking queue is killed because the data
+    reader raises an exception`` -- no file, no record -- and a tool catching ``DataError`` prints a
+    traceback instead of its one ``error:`` line. Nor is the failed iterator shut down (Paddle does
+    that only at StopIteration): its workers keep running until its ``__del__``, whenever that comes,
+    and a process that leaves without it orphans them for good (blocked in a pipe read, past their
+    parent watchdog), holding the caller's stdout/stderr open. Fix: never let the error leave a worker as an
+    exception; pass it on as an ordinary batch (a uint8 array of its pickle), which Paddle delivers
+    in order like any other, and raise it in the main process after the workers are stopped.
+    A pass left early (``break``, ``max_steps`` mid-epoch) stops its workers too, when this generator
+    is closed, instead of at some later garbage collection (without workers there is nothing to leak,
+    and Paddle's thread shutdown polls in 1 s sleeps: left to Paddle). Works without workers too. Remove when
+    ``tests/test_workarounds.py::test_worker_error_defect_still_present`` fails.
+    """
+    iterator = iter(batches)
+    try:
+        for batch in iterator:
+            if _is_error_value(batch):
+                value = batch[WORKER_ERROR_KEY]
+                payload = np.asarray(value.numpy() if isinstance(value, paddle.Tensor) else value, dtype=np.uint8).tobytes()
+                close_loader_iterator(iterator)
+                error, text = pickle.loads(payload)  # our own worker's bytes, not a file from elsewhere
+                raise error from WorkerTraceback(f"in the loader worker:\n{text}")
+            yield batch
+    finally:  # idempotent: after the last batch Paddle has shut the iterator down itself
+        from paddle.io.dataloader.dataloader_iter import _DataLoaderIterMultiProcess
+
+        if isinstance(iterator, _DataLoaderIterMultiProcess):
+            close_loader_iterator(iterator)

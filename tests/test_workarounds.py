@@ -354,3 +354,110 @@ def test_loader_errors_are_raised(tmp_path):
     good = paddle.io.TensorDataset([paddle.zeros([4, 2])])
     with pytest.raises(ValueError, match="collate says no"):
         next(iter(paddle.io.DataLoader(good, batch_size=2, num_workers=0, collate_fn=refuse)))
+
+
+# ---------------------------------------------------------------------------- a worker's error is lost
+
+_WORKER_LOADER = """
+import json, multiprocessing, os, sys, threading
+import numpy as np
+import paddle
+
+class Unpicklable(Exception):
+    def __init__(self, path, why):  # two arguments: pickling rebuilds it with one and fails
+        super().__init__(f"{path}: {why}")
+
+class Bad(paddle.io.Dataset):
+    def __init__(self, error):
+        self.error = error
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        if i == 5 and self.error != "collate":
+            raise ValueError("image 5 is truncated") if self.error == "value" else Unpicklable("5.png", "broken")
+        return {"x": np.full([2], i, "float32")}
+
+def refuse(samples):
+    if any(float(s["x"][0]) == 7 for s in samples):
+        raise KeyError("collate says no")
+    return {"x": np.stack([s["x"] for s in samples])}
+
+def stop(code):
+    for child in multiprocessing.active_children():  # left running, they would hold our pipes open for ever
+        child.kill()
+    os._exit(code)
+
+mode, workers, error = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+watchdog = threading.Timer(60, stop, [3])  # still waiting after 60 s: hung
+watchdog.daemon = True  # an uncaught error ends the script at once
+watchdog.start()
+dataset, collate = Bad(error), refuse if error == "collate" else None
+if mode == "fixed":
+    from paddle_medvl.workarounds import catch_collate_errors, catch_dataset_errors, raise_caught_errors
+    dataset, collate = catch_dataset_errors(dataset), catch_collate_errors(collate)
+loader = paddle.io.DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=collate)
+seen, batches = [], raise_caught_errors(loader) if mode == "fixed" else iter(loader)
+try:
+    for batch in batches:
+        seen += batch["x"].numpy()[:, 0].astype(int).tolist()
+        if error == "break":
+            break
+    batches = None  # the pass is over
+    caught = {"type": None}
+except Exception as e:
+    cause = e.__cause__
+    caught = {"type": type(e).__name__, "message": str(e), "cause": type(cause).__name__ if cause else None,
+              "worker_traceback": str(cause or "")}
+print(json.dumps({**caught, "seen": seen, "alive": len(multiprocessing.active_children())}), flush=True)
+stop(0)
+"""
+
+
+def _run_worker_loader(mode: str, workers: int = 2, error: str = "value") -> dict:
+    """The loader script in a fresh process (a hang is exit code 3, not a stuck suite): what it caught."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", _WORKER_LOADER, mode, str(workers), error],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_worker_error_defect_still_present():
+    """DEFECT (Paddle 3.3.1): with workers, a dataset's error reaches the caller as a bare SystemError
+    (raised in the loader's thread instead), and the workers outlive the failed iterator, as they
+    outlive a pass left early.
+
+    If this fails, Paddle raises the worker's own error now: drop ``catch_dataset_errors``,
+    ``catch_collate_errors`` and ``raise_caught_errors`` (workarounds 6) and ``data/loader.py``'s use of them.
+    """
+    caught = _run_worker_loader("paddle")
+    assert caught["type"] == "SystemError" and "Blocking queue is killed" in caught["message"]
+    assert "image 5 is truncated" not in caught["message"]
+    assert caught["alive"] == 2
+    assert _run_worker_loader("paddle", 2, "break")["alive"] == 2
+
+
+@pytest.mark.parametrize("workers", [2, 0])
+def test_worker_errors_are_raised_as_themselves(workers: int):
+    """With the fix: the dataset's error, with its type and message, after the batches before it, with the
+    worker's traceback as its cause and no worker left running; the same for ``collate_fn``'s error; an
+    error that cannot be pickled arrives as a RuntimeError naming its type and message."""
+    caught = _run_worker_loader("fixed", workers)
+    assert (caught["type"], caught["message"]) == ("ValueError", "image 5 is truncated")
+    assert caught["seen"] == [0, 1, 2, 3]  # batches [0, 1] and [2, 3], then the failing [4, 5]
+    assert caught["cause"] == "WorkerTraceback" and "__getitem__" in caught["worker_traceback"]
+    assert caught["alive"] == 0
+    collate = _run_worker_loader("fixed", workers, "collate")
+    assert (collate["type"], collate["message"]) == ("KeyError", "'collate says no'")
+    assert collate["seen"] == [0, 1, 2, 3, 4, 5] and collate["alive"] == 0
+    odd = _run_worker_loader("fixed", workers, "unpicklable")
+    assert (odd["type"], odd["message"]) == ("RuntimeError", "__main__.Unpicklable: 5.png: broken")
+
+
+def test_a_pass_left_early_stops_its_workers():
+    """``break`` after the first batch: the workers are gone as soon as the pass's generator is."""
+    left = _run_worker_loader("fixed", 2, "break")
+    assert left["type"] is None and left["seen"] == [0, 1] and left["alive"] == 0

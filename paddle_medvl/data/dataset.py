@@ -12,8 +12,11 @@ Training augmentation (random crop, optional flip) is drawn per sample from
 many workers there are and where a run was resumed change nothing (``set_epoch`` before each epoch).
 
 An image that fails to decode mid-epoch is a :class:`DataError` naming the file and the record
-ID; with ``Data.on_error: skip`` the record is replaced by the next decodable one, and each skip
-is reported with its running count in that worker.
+ID; with ``Data.on_error: skip`` the record is replaced by the next decodable one, each skip is
+printed with its running count in that process, and the sample carries the skipped IDs
+(``loader.SKIPPED``) so that ``data/loader.py`` collects them in the main process whatever the
+number of workers (``skipped_ids``: each bad record once, however often it was skipped). Make
+loaders with ``loader.data_loader``: with workers, Paddle's own loses the error (``workarounds`` 6).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import paddle
 from ..config import DataConfig
 from ..workarounds import raise_loader_errors
 from .image import build_transform, load_image
+from .loader import SKIPPED
 from .record import DataError, Record
 
 VIEWS = ("first", "all")
@@ -51,7 +55,8 @@ class RecordDataset(paddle.io.Dataset):
         self.transform = build_transform(cfg.image_size, train, tuple(cfg.crop_scale), cfg.hflip, seed)
         self.seed = seed
         self.epoch = 0
-        self.skipped = 0
+        self.skipped = 0  # skips made by this process's copy (a worker's own count)
+        self.skipped_ids: set[str] = set()  # records skipped in the batches this process's loaders delivered
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose augmentation ``__getitem__`` draws (a new loader iterator copies it to its workers)."""
@@ -67,6 +72,7 @@ class RecordDataset(paddle.io.Dataset):
         return arrays[0] if self.views == "first" else np.stack(arrays)
 
     def __getitem__(self, index: int) -> dict:
+        skipped: list[str] = []
         for step in range(len(self.records)):
             position = (index + step) % len(self.records)  # with skips, the record actually returned
             record = self.records[position]
@@ -76,7 +82,11 @@ class RecordDataset(paddle.io.Dataset):
                 if self.on_error != "skip":
                     raise DataError(f"{e} (record {record.id})") from None
                 self.skipped += 1
+                skipped.append(record.id)
                 print(f"[paddle_medvl] skipped record {record.id} ({self.skipped} so far here): {e}", file=sys.stderr, flush=True)
                 continue
-            return {"index": position, "image": image, "prompt": record.prompt, "target": record.target, **record.extras}
+            sample = {"index": position, "image": image, "prompt": record.prompt, "target": record.target, **record.extras}
+            if skipped:  # the records this sample stands in for, for the main process to count
+                sample[SKIPPED] = skipped
+            return sample
         raise DataError("no image of this data set could be decoded")

@@ -160,11 +160,13 @@ def _train(cfg: Config) -> dict:
         "final_weights": str(final or output / MODEL_DIR),
         "trainable_parameters": n_train,
         "parameters": n_all,
+        "skipped_records": sorted(dataset.skipped_ids),  # Data.on_error=skip: each bad training record once
     }
     if rank == 0:
         write_summary(output, summary)
         lines = [f"[train] done: {summary['steps']} steps in {seconds:.1f} s ({summary['seconds_per_step']} s/step), "
-                 f"weights in {summary['final_weights']}"]
+                 f"weights in {summary['final_weights']}"
+                 + (f"; {len(dataset.skipped_ids)} training records skipped (Data.on_error=skip)" if dataset.skipped_ids else "")]
         if summary["validation"]:
             lines.append("[train] validation: " + ", ".join(
                 f"{k[5:]} {v:.4f}" for k, v in summary["validation"].items() if k != "eval_runtime"))

@@ -41,6 +41,7 @@ from paddlenlp.transformers.model_utils import _add_variant
 from ..atomic import write_json
 from ..config import Config, ConfigError
 from ..data.dataset import RecordDataset
+from ..data.loader import data_loader  # a worker's DataError raised as itself, skips counted
 from ..errors import MedVLError
 from . import checkpoint as ckpt
 from . import state as states
@@ -244,8 +245,6 @@ class MedVLTrainer(Trainer):
 
     def get_train_dataloader(self):
         sampler = EpochBatchSampler(self.train_dataset, self.args.per_device_train_batch_size, self.args.seed)
-        from ..data.loader import data_loader  # a worker's DataError raised as itself, skips counted
-
         return data_loader(
             self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers, name="train",
@@ -356,8 +355,6 @@ class MedVLTrainer(Trainer):
     @paddle.no_grad()
     def _validation_loss(self, records) -> float | None:
         dataset = RecordDataset(list(records), self.cfg.Data, train=False)
-        from ..data.loader import data_loader  # a worker's DataError raised as itself, skips counted
-
         loader = data_loader(dataset, batch_size=self.cfg.Eval.batch_size, collate_fn=self.data_collator,
                              num_workers=self.cfg.Data.num_workers, name="validation loss")
         was_training = self.model.training

@@ -167,14 +167,15 @@ def generate_predictions(
 
     from ..build import build_collator, generation_token_ids
     from ..data.dataset import RecordDataset
+    from ..data.loader import data_loader
 
     task = task or eval_task(cfg)
     eos, pad = generation_token_ids(tokenizer, cfg.Model.language)
     collate = build_collator(cfg, tokenizer, qformer_tokenizer)
     dataset = RecordDataset(list(records), cfg.Data, train=False)
-    loader = paddle.io.DataLoader(
-        dataset, batch_size=cfg.Eval.batch_size, shuffle=False, drop_last=False,
-        collate_fn=collate, num_workers=cfg.Data.num_workers,
+    loader = data_loader(  # a bad image is its DataError here, with workers too (data/loader.py)
+        dataset, batch_size=cfg.Eval.batch_size, collate_fn=collate, num_workers=cfg.Data.num_workers,
+        name=f"predict {task}",
     )
     instruction = cfg.Model.qformer.instruction
 
