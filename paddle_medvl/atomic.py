@@ -57,3 +57,19 @@ def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:
 
     text = json.dumps(strict(obj), indent=indent, ensure_ascii=False, allow_nan=False, default=str)
     return atomic_write(path, lambda f: f.write(text + "\n"))
+
+
+def replace_folder(filled: Path, final: Path, old: Path) -> Path:
+    """Put the complete folder ``filled`` at ``final``; a folder already there is swapped out (moved
+    to ``old``, then deleted), never merged with the new one."""
+    import shutil
+
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(filled, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(filled, final)
+    return final

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import paddle
 from paddle import nn
@@ -48,6 +48,16 @@ HF_VISION_DEFAULTS = dict(image_size=224, patch_size=14, hidden_size=1408, num_l
 HF_QFORMER_DEFAULTS = dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
                            cross_attention_frequency=2, layer_norm_eps=1e-12, vocab_size=30522,
                            max_position_embeddings=512, pad_token_id=0)
+
+
+def refuse_mismatch(where: Path | str, what: str, missing: Sequence[str] = (), unexpected: Sequence[str] = (),
+                    mis_shaped: Sequence[str] = (), hint: str = "") -> None:
+    """A :class:`ConversionError` listing (the first 20 of) each kind of mismatch, if there is any."""
+    problems = [f"{kind} ({len(names)}): {sep.join(sorted(names)[:20])}"
+                for kind, names, sep in (("missing", missing, ", "), ("unexpected", unexpected, ", "),
+                                         ("mis-shaped", mis_shaped, "; ")) if names]
+    if problems:
+        raise ConversionError(f"{where}: " + "\n  ".join([f"{what}:", *problems]) + (f"\n  {hint}" if hint else ""))
 
 
 def translate_config(hf: dict, qformer_text: bool = False) -> ModelConfig:
@@ -207,13 +217,7 @@ def convert(
         used |= {"language_model.lm_head.weight"} & set(ckpt.where)
         missing = sorted(names[k][0] for k in expected if k not in sources)
         unexpected = sorted(set(ckpt.where) - used)
-        problems = []
-        if missing:
-            problems.append(f"missing ({len(missing)}): {', '.join(missing[:20])}")
-        if unexpected:
-            problems.append(f"unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}")
-        if problems:
-            raise ConversionError(f"{hf_dir}: the checkpoint does not match its config.json:\n  " + "\n  ".join(problems))
+        refuse_mismatch(hf_dir, "the checkpoint does not match its config.json", missing, unexpected)
 
         out_dir.mkdir(parents=True, exist_ok=True)
         shards: list[dict[str, str]] = []

@@ -38,7 +38,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write
-from .hf import DTYPES, ConversionError
+from .hf import DTYPES, ConversionError, refuse_mismatch
 from .safe_pickle import TensorRef, TorchZip, bfloat16_bits_to_float32
 
 LAVIS_DOWNLOADS = (
@@ -276,19 +276,6 @@ def _progress(total: int, enabled: bool, desc: str) -> tuple[Callable[[str], Non
     return (lambda _name: bar.update(1)), bar.close
 
 
-def _problems(where: Path, missing: list[str], unexpected: list[str], mis_shaped: list[str], hint: str = "") -> None:
-    problems = []
-    if missing:
-        problems.append(f"missing ({len(missing)}): {', '.join(sorted(missing)[:20])}")
-    if unexpected:
-        problems.append(f"unexpected ({len(unexpected)}): {', '.join(sorted(unexpected)[:20])}")
-    if mis_shaped:
-        problems.append(f"mis-shaped ({len(mis_shaped)}): {'; '.join(sorted(mis_shaped)[:20])}")
-    if problems:
-        raise ConversionError(f"{where}: " + "\n  ".join(["the checkpoint does not convert:", *problems])
-                              + (f"\n  {hint}" if hint else ""))
-
-
 # ---------------------------------------------------------------------------- the Q-Former text parts
 
 _NO_TEXT_HINT = ("LAVIS's OPT/T5 checkpoints (blip2_pretrained_opt2.7b.pth, ...) and Hugging Face's drop the Q-Former "
@@ -309,7 +296,7 @@ def _text_parts(ckpt: LavisCheckpoint) -> dict[str, TensorRef]:
     missing = [k for k in wanted if k not in tensors]
     if not layers:
         missing.append("qformer.encoder.layer.N.* (no Q-Former layer at all)")
-    _problems(ckpt.path, missing, [], [], _NO_TEXT_HINT)
+    refuse_mismatch(ckpt.path, "the checkpoint does not convert", missing, hint=_NO_TEXT_HINT)
     vocab, hidden = tensors[wanted[0]].shape
     inner = tensors[f"qformer.encoder.layer.{layers[0]}.intermediate.dense.weight"].shape[0]
     expect = {wanted[0]: (vocab, hidden), wanted[1]: (tensors[wanted[1]].shape[0], hidden),
@@ -324,7 +311,7 @@ def _text_parts(ckpt: LavisCheckpoint) -> dict[str, TensorRef]:
                    f"{pre}.output.LayerNorm.weight": (hidden,), f"{pre}.output.LayerNorm.bias": (hidden,)}
     mis_shaped = [f"{k}: {list(tensors[k].shape)}, expected {list(v)}" for k, v in expect.items()
                   if tuple(tensors[k].shape) != v]
-    _problems(ckpt.path, [], [], mis_shaped)
+    refuse_mismatch(ckpt.path, "the checkpoint does not convert", mis_shaped=mis_shaped)
     return {k: tensors[k] for k in wanted}
 
 
@@ -403,7 +390,7 @@ def convert_over_base(lavis: str | Path, base: str | Path, out_dir: str | Path, 
         covered = base_keys | {out.name for out in plan}
         missing = [name for name in expected if name not in covered and not name.startswith("concept_head.")]
         hint = _NO_TEXT_HINT if any(TEXT_PART.match(name) for name in missing) else ""
-        _problems(ckpt.path, missing, unexpected, mis_shaped, hint)
+        refuse_mismatch(ckpt.path, "the checkpoint does not convert", missing, unexpected, mis_shaped, hint)
 
         shards = _shards(plan, shard_bytes)
         tick, done = _progress(len(plan), progress, "converting")

@@ -355,29 +355,38 @@ def _unpickle(data: io.BufferedIOBase, source: str, allowed: Mapping[tuple[str, 
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, RecursionError, struct.error) as e:
         raise CheckpointFormatError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None
-    return _resolve(obj, {})
+    return _map_containers(obj, _built, {})
 
 
-def _resolve(obj: Any, seen: dict[int, Any]) -> Any:
-    """Replace the array/dtype builders by what they built, through lists, dicts and tuples."""
+def _map_containers(obj: Any, leaf: Callable[[Any], Any], seen: dict[int, Any]) -> Any:
+    """``leaf(x)`` for every value, through lists, dicts and tuples (each container once: shared
+    and self-referencing ones stay so). ``leaf`` returns its input to leave a value as it is; it sees
+    tuples before their items (a Paddle tensor is a tuple)."""
+    replaced = leaf(obj)
+    if replaced is not obj or not isinstance(obj, (list, dict, tuple)):
+        return replaced
+    if id(obj) in seen:
+        return seen[id(obj)]
+    if isinstance(obj, tuple):
+        seen[id(obj)] = obj  # a tuple cannot contain itself except through a list or dict
+        resolved = tuple(_map_containers(v, leaf, seen) for v in obj)
+        seen[id(obj)] = resolved
+        return resolved
+    seen[id(obj)] = obj
+    items = enumerate(obj) if isinstance(obj, list) else list(obj.items())
+    for key, value in items:
+        obj[key] = _map_containers(value, leaf, seen)
+    return obj
+
+
+def _built(obj: Any) -> Any:
+    """The array or dtype a builder built; anything else as it is."""
     if isinstance(obj, _ArrayBuilder):
         if obj.array is None:
             raise UnsafePickleError("refused: a numpy array without its data")
         return obj.array
     if isinstance(obj, _DtypeBuilder):
         return obj.dtype
-    if isinstance(obj, (list, dict, tuple)):
-        if id(obj) in seen:
-            return seen[id(obj)]
-        if isinstance(obj, tuple):
-            seen[id(obj)] = obj  # a tuple cannot contain itself except through a list or dict
-            resolved = tuple(_resolve(v, seen) for v in obj)
-            seen[id(obj)] = resolved
-            return resolved
-        seen[id(obj)] = obj
-        items = enumerate(obj) if isinstance(obj, list) else list(obj.items())
-        for key, value in items:
-            obj[key] = _resolve(value, seen)
     return obj
 
 
@@ -567,21 +576,11 @@ def load_paddle_pickle(path: str | os.PathLike) -> Any:
         raise CheckpointFormatError(f"{path}: a zip file (torch.save?), not a paddle.save pickle")
     with open(path, "rb") as f:
         obj = _unpickle(f, str(path), _BASE_ALLOWED)
-    return _paddle_tensors(obj, {})
+    return _map_containers(obj, _paddle_tensor, {})
 
 
-def _paddle_tensors(obj: Any, seen: dict[int, Any]) -> Any:
+def _paddle_tensor(obj: Any) -> Any:
+    """A ``(name, array)`` pair, Paddle's pickled tensor, as its array."""
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
         return obj[1]
-    if isinstance(obj, (list, dict, tuple)):
-        if id(obj) in seen:
-            return seen[id(obj)]
-        if isinstance(obj, tuple):
-            resolved = tuple(_paddle_tensors(v, seen) for v in obj)
-            seen[id(obj)] = resolved
-            return resolved
-        seen[id(obj)] = obj
-        items = enumerate(obj) if isinstance(obj, list) else list(obj.items())
-        for key, value in items:
-            obj[key] = _paddle_tensors(value, seen)
     return obj

@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from ..atomic import replace_folder
+
 PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-"
 STATE_FILE = "trainer_state.json"  # paddlenlp's TRAINER_STATE_NAME
@@ -84,15 +86,7 @@ def write_folder(final: str | Path, write: Callable[[Path], None]) -> Path:
     tmp.mkdir()
     write(tmp)
     _fsync_tree(tmp)
-    if final.exists():
-        old = final.with_name(TMP_PREFIX + "old-" + final.name)
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    replace_folder(tmp, final, final.with_name(TMP_PREFIX + "old-" + final.name))
     _fsync_dir(final.parent)
     return final
 

@@ -39,7 +39,7 @@ import paddle
 from paddle import Tensor, nn
 from paddle.nn import functional as F
 
-from ..atomic import atomic_path, atomic_write
+from ..atomic import atomic_path, atomic_write, replace_folder
 from ..config import Config, ConfigError, DecodeConfig, ModelConfig, get_field, load_config, set_field, to_dict
 from ..data.collate import IGNORE_INDEX
 from ..workarounds import fix_frozen_layer_norms, stride_kernels
@@ -482,13 +482,7 @@ def _bundle_folder(source: Path, target: Path, patterns: Collection[str]) -> str
         shutil.copyfile(path, tmp / path.name)
         with open(tmp / path.name, "rb") as f:  # on disk before config.yaml names the copy
             os.fsync(f.fileno())
-    if target.exists():
-        old = target.with_name(f".{target.name}.{os.getpid()}.old")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    replace_folder(tmp, target, target.with_name(f".{target.name}.{os.getpid()}.old"))
     return target.name
 
 
