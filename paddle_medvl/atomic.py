@@ -39,9 +39,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[TextIO], None]) -> Pa
 
 
 def strict(obj):
-    """``obj`` with every non-finite float replaced by None: JSON has no NaN or Infinity."""
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN or Infinity) and NumPy
+    scalars as Python numbers."""
     import math
 
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        obj = obj.item()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):

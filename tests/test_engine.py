@@ -313,6 +313,14 @@ def test_checkpoint_states_are_safetensors_and_strict_json(straight):
             json.loads((folder / name).read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {name}"))
 
 
+def test_project_json_is_strict(tmp_path):
+    """Python's json writes NaN and Infinity, which are not JSON; the project's files hold null instead."""
+    from paddle_medvl.atomic import write_json
+
+    path = write_json(tmp_path / "m.json", {"loss": float("nan"), "parts": [float("inf"), 1.5], "n": np.float32(2)})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {"loss": None, "parts": [None, 1.5], "n": 2.0}
+
+
 def test_resume_refuses_a_pickle_payload(demo, straight, tmp_path):
     """A checkpoint of the old layout (optimizer.pdopt, a pickle) whose pickle calls os.system: the
     resume is refused, naming the class, and the payload never runs."""

@@ -14,7 +14,6 @@ the data set in ``Data.format`` under ``Data.root``. Metrics: ``Eval.bertscore_m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg, args, predictions_path: Path) -> int:
     from paddle_medvl.data import load_records
     from paddle_medvl.eval.evaluate import eval_task, evaluate, references_from_records
-    from paddle_medvl.atomic import atomic_write
+    from paddle_medvl.atomic import write_json
     from paddle_medvl.eval.formats import check_format, read_predictions
     from paddle_medvl.eval.metrics import format_table
 
@@ -70,7 +69,7 @@ def run(cfg, args, predictions_path: Path) -> int:
     metrics["source"] = {"predictions": str(predictions_path), "references": source}
 
     out = Path(args.out) if args.out else predictions_path.with_name(predictions_path.stem + ".metrics.json")
-    atomic_write(out, lambda f: f.write(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n"))
+    write_json(out, metrics)  # strict JSON: a metric that is NaN is written as null
     print(table)
     print(f"wrote {out}")
     return 0

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence, TextIO
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, write_json
 from ..data.medvqa import ANSWER_SEPARATOR
 from ..errors import MedVLError
 
@@ -251,7 +251,7 @@ def write_medvqa(path: str | os.PathLike, answers: Iterable[Prediction]) -> None
             raise FormatError(f"{path}: image {p.image_id!r}: QuestionID {p.question_id} answered twice")
         entries[p.question_id] = {"QuestionID": p.question_id, "Question": p.question, "Answer": split_answers(p.text)}
     data = {image: [entries[q] for q in sorted(entries)] for image, entries in by_image.items()}
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n"))
+    write_json(path, data)
 
 
 def read_medvqa(path: str | os.PathLike) -> PredictionFile:
@@ -306,7 +306,7 @@ def write_reports_json(path: str | os.PathLike, reports: Sequence[Prediction]) -
         if p.reference is not None:
             row["reference"] = p.reference
         rows.append(row)
-    atomic_write(path, lambda f: f.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n"))
+    write_json(path, rows)
 
 
 def read_reports_json(path: str | os.PathLike) -> dict[str, str]:
