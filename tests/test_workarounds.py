@@ -427,8 +427,7 @@ def _run_worker_loader(mode: str, workers: int = 2, error: str = "value") -> dic
 
 def test_worker_error_defect_still_present():
     """DEFECT (Paddle 3.3.1): with workers, a dataset's error reaches the caller as a bare SystemError
-    (raised in the loader's thread instead), and the workers outlive the failed iterator, as they
-    outlive a pass left early.
+    (raised in the loader's thread instead), and the workers outlive the failed iterator.
 
     If this fails, Paddle raises the worker's own error now: drop ``catch_dataset_errors``,
     ``catch_collate_errors`` and ``raise_caught_errors`` (workarounds 6) and ``data/loader.py``'s use of them.
@@ -437,7 +436,8 @@ def test_worker_error_defect_still_present():
     assert caught["type"] == "SystemError" and "Blocking queue is killed" in caught["message"]
     assert "image 5 is truncated" not in caught["message"]
     assert caught["alive"] == 2
-    assert _run_worker_loader("paddle", 2, "break")["alive"] == 2
+    # (A pass left early by `break` also leaves Paddle's workers running until the iterator is
+    # collected; whether that happens at once depends on reference cycles, so it is not asserted here.)
 
 
 @pytest.mark.parametrize("workers", [2, 0])
