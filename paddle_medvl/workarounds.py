@@ -20,19 +20,19 @@ Defects we avoid by design, so no code is needed (kept here so the list is in on
   on paddlenlp's BLIP-2 fails), ``__getattr__`` answers ``None`` for unknown attributes (breaks
   ``paddle.jit.to_static`` and LoRA merging), its loss does not shift labels, and its separate LM head
   is not tied to the embedding (HF ties it; the head even has the wrong shape when
-  ``word_embed_proj_dim != hidden_size``). ``models/language.py`` uses ``OPTModel`` and ties the
+  ``word_embed_proj_dim != hidden_size``). ``models/language/opt.py`` uses ``OPTModel`` and ties the
   head itself, passing ``return_dict=True`` explicitly.
 - paddlenlp 2.8.1 ``OPTModel.forward`` builds its additive attention mask in Paddle's global default
   dtype, not the model's (its ``finfo`` helper knows no bfloat16), and adds two float minima where
-  padding and causality both block (-inf). ``models/language.py`` builds the mask in the LLM's dtype
+  padding and causality both block (-inf). ``models/language/opt.py`` builds the mask in the LLM's dtype
   and runs ``OPTModel``'s embeddings and decoder itself.
 - paddlenlp 2.8.1 ``generate`` with ``inputs_embeds``: a dummy BOS id is put in front of the generated
   ids, so the repetition penalty and n-gram blocking see it (for OPT, BOS is EOS: the penalty makes
   stopping harder); beams are scored with the GNMT length penalty ((n + 5) / 6) ** lp with n
   excluding EOS (HF: n ** lp, EOS included); custom ``logits_processors`` crash (its
-  ``LogitsProcessorList`` is not iterable). ``models/language.py`` decodes with HF's semantics.
+  ``LogitsProcessorList`` is not iterable). ``models/decoding.py`` decodes with HF's semantics.
 - Paddle's ``CrossEntropyLoss(reduction="mean", ignore_index=...)`` divides by all positions, not the
-  counted ones. ``models/language.py`` divides the summed loss by the number of label tokens.
+  counted ones. ``models/language/base.py`` divides the summed loss by the number of label tokens.
 - Paddle 3.3.1 on CPU has no float16/bfloat16 kernels for matmul, softmax or layer_norm: an LLM held
   in half precision runs only on devices that have them.
 - paddlenlp 2.8.1's ``VisualDLCallback`` (``report_to: visualdl``) crashes at the start of training with
@@ -147,7 +147,7 @@ def fix_beam_search_inputs_embeds(model: nn.Layer) -> nn.Layer:
     dimension mismatch ... [2, 6, 32] and [6, 6, 32]" (batch 1 broadcasts silently and happens to
     work). Fix: give this model instance an expand function that also repeats ``inputs_embeds``
     (``generate`` looks the method up on the instance first). Nothing global changes; idempotent.
-    Our own decoding (``models/language.py``) does not use paddlenlp's ``generate``; this is for code
+    Our own decoding (``models/decoding.py``) does not use paddlenlp's ``generate``; this is for code
     that does (references, benchmarks). Remove when
     ``tests/test_workarounds.py::test_beam_search_inputs_embeds_defect_still_present`` fails.
     """

@@ -1,7 +1,7 @@
-"""The frozen LLM interface (models/language.py) on a tiny random OPT.
+"""The frozen LLM interface (models/language/) on a tiny random OPT.
 
 The decoding references below are written from the documented semantics (HF ``generate`` given
-embeddings only) with full forward passes and no cache; models/language.py decodes with a cache and
+embeddings only) with full forward passes and no cache; models/language/ decodes with a cache and
 vectorised beams, so agreement checks the cache, the batching and the beam bookkeeping.
 """
 from __future__ import annotations

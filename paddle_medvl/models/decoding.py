@@ -1,6 +1,6 @@
 """Greedy and beam search over any step-wise scorer, with Hugging Face's semantics.
 
-A *stepper* has three methods (the frozen LLMs of ``language.py`` and the Q-Former's text decoder
+A *stepper* has three methods (the frozen LLMs of ``language/`` and the Q-Former's text decoder
 of ``blip2.py`` are steppers):
 
     _prefill(inputs [B, L, D], mask [B, L]) -> (next-token logits [B, V], state)
@@ -8,7 +8,7 @@ of ``blip2.py`` are steppers):
     _reorder(state, rows [N]) -> state          # keep these rows (beam search)
 
 ``generate(stepper, inputs, mask, **DecodeConfig fields, eos_token_id, pad_token_id)`` gives the
-new tokens [B, T]; ``language.py``'s module docstring states the semantics (checked against
+new tokens [B, T]; ``language/base.py``'s module docstring states the semantics (checked against
 transformers 5.23).
 """
 from __future__ import annotations
