@@ -505,6 +505,23 @@ def test_two_process_launch(demo, tmp_path, device, request):
     assert (out / "final" / "model.safetensors").is_file()
 
 
+def test_a_nan_on_one_rank_stops_every_rank(demo, tmp_path):
+    """Data parallel: rank 1 alone has a NaN loss at step 1; both ranks stop at that step with the error,
+    and the job ends (no rank left waiting for the other in a collective)."""
+    from conftest import clean_env
+
+    _, config = demo
+    log_dir = tmp_path / "log"
+    proc = subprocess.run(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(log_dir),
+         str(SCRIPTS / "nan_on_one_rank.py"), str(config), f"Train.output_dir={tmp_path / 'out'}",
+         "Train.batch_size=2"], capture_output=True, text=True, timeout=300, env=clean_env(), cwd=REPO)
+    assert proc.returncode != 0
+    logs = {p.name: p.read_text() for p in sorted(log_dir.glob("workerlog.*"))}
+    assert "rank 1 stopped: step 1: the loss is nan" in logs["workerlog.1"], logs
+    assert "rank 0 stopped: step 1: another rank's loss is not finite" in logs["workerlog.0"], logs
+
+
 def test_qformer_only_ablation(demo, straight, tmp_path):
     """Table 3's "ViT-g Q-Former" row: no LLM; the Q-Former's text decoder learns the captions and writes
     them. Starting from a full checkpoint, its LLM weights are left out."""

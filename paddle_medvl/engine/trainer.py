@@ -280,8 +280,10 @@ class MedVLTrainer(Trainer):
         for key, value in parts.items():
             self._parts[key].append(value)
         loss = float(out.loss)
-        if not math.isfinite(loss) and not self.do_grad_scaling:  # the scaler skips such a step itself
-            self._diverged(f"the loss is {loss}", parts, inputs)
+        if not self.do_grad_scaling and _any_rank(not math.isfinite(loss)):  # a scaler skips such a step itself
+            # Every rank stops at the same step (one waiting in the gradients' all-reduce would hang).
+            self._diverged(f"the loss is {loss}" if not math.isfinite(loss) else "another rank's loss is not finite",
+                           parts, inputs)
         return (out.loss, out) if return_outputs else out.loss
 
     def _diverged(self, what: str, parts: dict[str, float], inputs: dict | None) -> None:
@@ -513,6 +515,15 @@ def _same_base(folder: Path, pretrained: str) -> bool:
 
 def _model_inputs(batch: dict) -> dict:
     return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+
+
+def _any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (every rank must call this at the same point)."""
+    if world()[1] == 1:
+        return flag
+    tensor = paddle.to_tensor([1.0 if flag else 0.0], dtype="float32")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(float(tensor) > 0)
 
 
 def _mean_over_ranks(value: float) -> float:
