@@ -487,6 +487,11 @@ def set_field(obj: Any, dotted: str, value: Any) -> None:
     setattr(obj, leaf, value)
 
 
+def dump_yaml(data: dict) -> str:
+    """``data`` as the YAML the project writes (config.yaml of runs and checkpoints): keys in order."""
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
 def to_dict(config: Any) -> dict:
     """The config as plain data, e.g. to save beside a checkpoint."""
     return dataclasses.asdict(config)

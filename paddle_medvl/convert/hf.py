@@ -21,11 +21,11 @@ from typing import Callable, Sequence
 import paddle
 from paddle import nn
 
-from ..config import LanguageConfig, ModelConfig, QFormerConfig, VisionConfig, to_dict
+from ..config import LanguageConfig, ModelConfig, QFormerConfig, VisionConfig, dump_yaml, to_dict
 from ..atomic import atomic_path, atomic_write
 from ..errors import MedVLError
 from ..workarounds import stride_kernels
-from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, _yaml, skeleton, weight_files
+from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, skeleton, weight_files
 
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 
@@ -256,5 +256,5 @@ def convert(
     else:
         weight_map = {k: v for shard in shards for k, v in shard.items()}
         atomic_write(out_dir / INDEX, lambda f: f.write(json.dumps({"weight_map": weight_map}, indent=1)))
-    atomic_write(out_dir / CONFIG, lambda f: f.write(_yaml({"Model": to_dict(config)})))
+    atomic_write(out_dir / CONFIG, lambda f: f.write(dump_yaml({"Model": to_dict(config)})))
     return out_dir

@@ -85,10 +85,6 @@ TIED = {
 BUFFERS = re.compile(r"Qformer\.bert\.embeddings\.position_ids")  # recomputed, not learned
 # LAVIS's stage-1 (Blip2Qformer) contrastive / matching heads: no place in a captioning model.
 IGNORED = re.compile(r"(vision_proj|text_proj|itm_head)\.(weight|bias)|temp")
-# The Q-Former text parts, in HF/our names (the pattern Blip2.idle_parameters uses too).
-TEXT_PART = re.compile(r"qformer\.(embeddings\.(word|position)_embeddings\.weight"
-                       r"|encoder\.layer\.\d+\.(intermediate|output)\.|cls\.)")
-
 _SAFETENSORS_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
     "int16": "I16", "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
@@ -358,8 +354,9 @@ def convert_over_base(lavis: str | Path, base: str | Path, out_dir: str | Path, 
     vocabulary / positions taken from the file) when the LAVIS checkpoint has them."""
     from safetensors import safe_open
 
-    from ..config import to_dict
-    from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, checkpoint_chain, checkpoint_config, skeleton, weight_files
+    from ..config import dump_yaml, to_dict
+    from ..models.blip2 import (CONFIG, INDEX, QFORMER_TEXT_PARTS, WEIGHTS, Blip2, checkpoint_chain, checkpoint_config,
+                                skeleton, weight_files)
     from .hf import key_map
 
     _check_dtype(dtype)
@@ -389,7 +386,7 @@ def convert_over_base(lavis: str | Path, base: str | Path, out_dir: str | Path, 
                       if out.shape != expected[out.name]]
         covered = base_keys | {out.name for out in plan}
         missing = [name for name in expected if name not in covered and not name.startswith("concept_head.")]
-        hint = _NO_TEXT_HINT if any(TEXT_PART.match(name) for name in missing) else ""
+        hint = _NO_TEXT_HINT if any(re.match(QFORMER_TEXT_PARTS, name) for name in missing) else ""
         refuse_mismatch(ckpt.path, "the checkpoint does not convert", missing, unexpected, mis_shaped, hint)
 
         shards = _shards(plan, shard_bytes)
@@ -406,7 +403,7 @@ def convert_over_base(lavis: str | Path, base: str | Path, out_dir: str | Path, 
             atomic_write(out_dir / INDEX, lambda f: f.write(json.dumps({"weight_map": weight_map}, indent=1)))
         elif (out_dir / INDEX).exists():  # an index left by an earlier, sharded run would win over WEIGHTS
             (out_dir / INDEX).unlink()
-        atomic_write(out_dir / CONFIG, lambda f: f.write(_yaml({"Model": to_dict(config)})))
+        atomic_write(out_dir / CONFIG, lambda f: f.write(dump_yaml({"Model": to_dict(config)})))
         return Report(written, len(plan), ckpt.ignored)
 
 
@@ -425,9 +422,3 @@ def _shards(plan: list[PlannedTensor], shard_bytes: int) -> list[list[PlannedTen
 def _check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-
-
-def _yaml(data: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config, ConfigError, to_dict
+from ..config import Config, ConfigError, dump_yaml, to_dict
 
 
 def resume_folder(cfg: Config) -> Path | None:
@@ -118,9 +118,8 @@ def _train(cfg: Config) -> dict:
         for path in ckpt.remove_partial(output):
             print(f"[train] removed {path}, left by an interrupted save", flush=True)
         from ..atomic import atomic_write
-        from ..models.blip2 import _yaml
 
-        atomic_write(output / "config.yaml", lambda f: f.write(_yaml(to_dict(cfg))))
+        atomic_write(output / "config.yaml", lambda f: f.write(dump_yaml(to_dict(cfg))))
     n_train = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
     n_all = sum(int(np.prod(p.shape)) for p in model.parameters())
     if rank == 0:

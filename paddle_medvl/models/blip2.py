@@ -40,7 +40,7 @@ from paddle import Tensor, nn
 from paddle.nn import functional as F
 
 from ..atomic import atomic_path, atomic_write, replace_folder
-from ..config import Config, ConfigError, DecodeConfig, ModelConfig, get_field, load_config, set_field, to_dict
+from ..config import Config, ConfigError, DecodeConfig, ModelConfig, dump_yaml, get_field, load_config, set_field, to_dict
 from ..data.collate import IGNORE_INDEX
 from ..workarounds import fix_frozen_layer_norms, stride_kernels
 from .eva_vit import EvaViT
@@ -51,6 +51,9 @@ from .qformer import QFormer, TextDecoder, create_query_tokens
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.yaml"
+# The Q-Former's text parts (word/position embeddings, text feed-forward branch, LM head): only the
+# concept loss or an instruction reaches them, and BLIP-2 caption checkpoints lack them.
+QFORMER_TEXT_PARTS = r"qformer\.(embeddings\.|cls\.|encoder\.layer\.\d+\.(intermediate|output)\.)"
 # The run's sections a checkpoint carries beside Model, so that the folder alone predicts as the run
 # validated: the image transform and prompt (Data), decoding (Decode), task and post-processing (Eval).
 RUN_SECTIONS = ("Data", "Decode", "Eval")
@@ -122,7 +125,7 @@ class Blip2(nn.Layer):
         if self.concept_head is not None and self.config.concept_detection_weight <= 0:
             idle.append(r"concept_head\.")
         if not (self.language_model is None or self.config.qformer.instruction or self.config.concept_loss_weight > 0):
-            idle.append(r"qformer\.(embeddings\.|cls\.|encoder\.layer\.\d+\.(intermediate|output)\.)")
+            idle.append(QFORMER_TEXT_PARTS)
         if not idle:
             return []
         pattern = re.compile("|".join(idle))
@@ -301,7 +304,7 @@ class Blip2(nn.Layer):
         tree = {"Model": to_dict(config)}
         if settings is not None:
             tree.update(run_settings(settings))
-        atomic_write(folder / CONFIG, lambda f: f.write(_yaml(tree)))
+        atomic_write(folder / CONFIG, lambda f: f.write(dump_yaml(tree)))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, config: ModelConfig | None = None) -> "Blip2":
@@ -515,9 +518,3 @@ def weight_files(folder: Path) -> list[Path]:
     if (folder / WEIGHTS).is_file():
         return [folder / WEIGHTS]
     raise FileNotFoundError(f"{folder}: neither {WEIGHTS} nor {INDEX} is there")
-
-
-def _yaml(data: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

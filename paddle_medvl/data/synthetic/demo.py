@@ -8,11 +8,11 @@ leaves a half-written set under its final name, and nothing is replaced before e
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ...atomic import replace_folder
 from .base import Progress
 from .captions import write_imageclef_caption, write_rocov2
 from .iu_xray import write_iu_xray
@@ -97,15 +97,12 @@ def make_demo_data(
             f"{root}: already there and different from what this command writes ({how})" for root, how in different.items()
         ) + " (pass overwrite=True / --force to replace)")
     for root, partial in partials.items():
-        if root not in differences:
-            os.replace(partial, root)
-            outcome = "written"
-        elif root in different:
-            _swap(partial, root)
-            outcome = "replaced"
-        else:
+        if root in differences and root not in different:
             shutil.rmtree(partial)
             outcome = "kept"
+        else:  # the old folder is set aside first, so a crash loses neither
+            outcome = "replaced" if root in differences else "written"
+            replace_folder(partial, root, root.with_name(root.name + ".old"))
         if report:
             report(root, outcome)
     return roots
@@ -137,13 +134,3 @@ def _first_difference(existing: Path, fresh: Path) -> str | None:
 
 def _files(root: Path) -> dict[str, Path]:
     return {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
-
-
-def _swap(fresh: Path, root: Path) -> None:
-    """Replace ``root`` by ``fresh``; the old folder is set aside first, so a crash loses neither."""
-    old = root.with_name(root.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    os.replace(root, old)
-    os.replace(fresh, root)
-    shutil.rmtree(old)
