@@ -298,11 +298,9 @@ class MedVLTrainer(Trainer):
 
     def check_finite_weights(self) -> None:
         """Before any save: a non-finite trainable weight is an error naming it (the loss may still look finite)."""
-        bad = [p.name for name, p in self.model.named_parameters()
-               if not p.stop_gradient and not bool(paddle.isfinite(p).all())]
-        if bad:
-            named = {p.name: name for name, p in self.model.named_parameters()}
-            names = [named[b] for b in bad]
+        names = [name for name, p in self.model.named_parameters()
+                 if not p.stop_gradient and not bool(paddle.isfinite(p).all())]
+        if names:
             raise TrainingDiverged(
                 f"step {self.state.global_step}: non-finite weights in {len(names)} tensor(s) "
                 f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); training stopped before saving them "
@@ -466,7 +464,7 @@ class MedVLTrainer(Trainer):
         folder = Path(checkpoint)
         name = _rng_name(size)
         if not states.has_state(folder, name):
-            if states.has_state(folder, name, _legacy_rng_name(size)):
+            if (folder / _legacy_rng_name(size)).is_file():
                 print(f"[train] {folder / _legacy_rng_name(size)}: an RNG pickle of an earlier version, not read "
                       "(it holds Paddle objects, which the safe reader refuses); this resumed run's randomness "
                       "differs from an uninterrupted one", flush=True)
