@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from .config import Config, LanguageConfig, ModelConfig, QFormerConfig, get_field, load_config, set_field, to_dict
 from .data.collate import Collator, TextFormat
 from .errors import MedVLError
-from .models.language import NO_LLM
+from .models.language import NO_LLM, language_class
 
 # With Model.pretrained, the checkpoint's config.yaml is the model (its sizes, its LLM settings and
 # how that LLM wants its text); only these run-time settings come from the experiment's config.
@@ -211,11 +211,12 @@ def generation_token_ids(tokenizer, language: LanguageConfig) -> tuple[int, int]
 
 
 def text_format(language: LanguageConfig) -> TextFormat:
-    """How the LLM wants its text. Decoder-only (OPT); encoder-decoder LLMs set this when they are added.
-    With no LLM the LLM fields of a batch go unused: plain text."""
+    """How the LLM wants its text: its family's layout (decoder-only or encoder-decoder) and the config's
+    special tokens. With no LLM the LLM fields of a batch go unused: plain text."""
     if language.architecture == NO_LLM:
         return TextFormat(decoder_only=True)
-    return TextFormat(decoder_only=True, add_bos=language.add_bos, eos_text=language.eos_text, eos_token=language.eos_token)
+    return TextFormat(decoder_only=language_class(language.architecture).decoder_only, add_bos=language.add_bos,
+                      eos_text=language.eos_text, eos_token=language.eos_token, prompt_eos=language.prompt_eos)
 
 
 def build_collator(cfg: Config, tokenizer, qformer_tokenizer=None) -> Collator:

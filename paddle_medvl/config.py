@@ -104,7 +104,7 @@ class QFormerConfig:
 class LanguageConfig:
     """The frozen LLM, from paddlenlp."""
 
-    architecture: str = "opt"  # opt (t5, chatglm in later issues)
+    architecture: str = "opt"  # opt | t5 (chatglm in a later issue) | none (no LLM: the Q-Former writes the text)
     path: str = ""  # a local folder with the LLM's paddlenlp config.json (weights come from the checkpoint)
     config: dict = field(default_factory=dict)  # architecture settings for a new random LLM (tests, demo)
     dtype: str = "float32"  # float32 | float16 | bfloat16 (the frozen LLM may be held in half precision) | float64
@@ -112,9 +112,22 @@ class LanguageConfig:
     add_bos: bool = True
     eos_text: str = "\n"
     eos_token: bool = False
+    prompt_eos: bool = False  # T5: the prompt ends with </s>, as its tokenizer writes it
     # a local tokenizer folder, as paddlenlp or Hugging Face write it (tokenizer_config.json + vocab
     # files; for OPT: the Hugging Face checkpoint folder of Salesforce/blip2-opt-2.7b holds them)
     tokenizer: str = ""
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters on the linear layers whose names match ``targets`` (fnmatch patterns over the
+    names inside the model, e.g. ``language_model.t5.*.SelfAttention.q``; a fused projection that
+    declares parts takes a part suffix: ``vision_model.encoder.layers.*.self_attn.qkv.q``)."""
+
+    targets: list[str] = field(default_factory=list)
+    rank: int = 8
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapter's input, in training only
 
 
 @dataclass
@@ -131,6 +144,7 @@ class ModelConfig:
     # number of CUIs in the data's mapping file (0 = no head), and the weight of its loss
     concept_classes: int = 0
     concept_detection_weight: float = 0.0
+    lora: list[LoRAConfig] = field(default_factory=list)  # adapter groups (paper 002); models/lora.py
 
 
 @dataclass

@@ -9,6 +9,9 @@ Fixes (call them explicitly; nothing here patches anything at import):
 5. ``raise_loader_errors()`` -- Paddle's ``DataLoader`` without workers hangs when a sample or batch fails.
 6. ``catch_dataset_errors`` / ``catch_collate_errors`` / ``raise_caught_errors`` -- with workers, Paddle's
    ``DataLoader`` loses the error of a sample or batch (a bare ``SystemError: Blocking queue is killed``).
+7. ``fix_t5(model, activation, max_distance)`` -- paddlenlp's T5 ignores the checkpoint's FFN activation and
+   ``relative_attention_max_distance``, its layer norm casts a bfloat16 model's activations to float32, and
+   its state dict holds the shared embedding three times.
 
 Each has a test in ``tests/test_workarounds.py`` that asserts the defect is still there on the
 unpatched library: when an upgrade fixes one, that test fails and says the workaround can go.
@@ -53,6 +56,7 @@ from __future__ import annotations
 import pickle
 import traceback
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -368,3 +372,83 @@ def raise_caught_errors(batches: Iterable) -> Iterator:
 
         if isinstance(iterator, _DataLoaderIterMultiProcess):
             close_loader_iterator(iterator)
+
+
+# ---------------------------------------------------------------------------- 7. paddlenlp's T5
+
+# Hugging Face's names of the gated activations (its ACT2FN) -> a layer computing it (paddlenlp: always gelu_new)
+T5_ACTIVATIONS: dict[str, Callable[[], nn.Layer]] = {
+    "gelu": lambda: nn.GELU(approximate=False),
+    "gelu_new": lambda: nn.GELU(approximate=True),
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate=True),
+    "silu": nn.Silu,
+}
+
+
+def t5_layer_norm(layer: nn.Layer, hidden: Tensor) -> Tensor:
+    """T5's RMS norm as Hugging Face computes it: the variance in float32, the scaling in the wider of the
+    input's dtype and float32, the result in the weight's dtype (explicit casts: Paddle's implicit type
+    promotion would log a warning at every call)."""
+    wide = "float64" if hidden.dtype == paddle.float64 else "float32"  # the dtype torch promotes to
+    variance = paddle.pow(hidden.astype("float32"), 2).mean(axis=-1, keepdim=True)
+    hidden = hidden.astype(wide) * paddle.rsqrt(variance + layer.variance_epsilon).astype(wide)
+    return layer.weight * hidden.astype(layer.weight.dtype)
+
+
+def fix_t5(model: nn.Layer, activation: str, max_distance: int) -> None:
+    """Make paddlenlp's T5 blocks inside ``model`` compute what the checkpoint's config says.
+
+    Defects (paddlenlp 2.8.1): (a) ``T5DenseGatedGeluDense`` hard-codes ``gelu_new`` (the tanh form)
+    whatever the config's ``dense_act_fn`` names (exact ``gelu``: a 5e-4 logit error on a tiny model);
+    (b) ``T5Attention.compute_bias`` never passes ``relative_attention_max_distance`` to the bucketing
+    (fixed 128: Flan-T5's value, wrong for any other); (c) ``T5LayerNorm`` casts its output to float16
+    only, so in a bfloat16 model it multiplies float32 activations into the next bfloat16 matmul (HF
+    casts to the weight's dtype for both half types). Fix: set the activation, bind a ``compute_bias``
+    with the distance, and swap the norm's class (same parameters and names). Remove (a), (b), (c) when
+    ``tests/test_workarounds.py::test_t5_defects_still_present`` fails.
+
+    Also (d): each ``T5Stack`` registers the shared embedding as its own sublayer ``embed_tokens``, so
+    ``state_dict`` lists the one table under three names (``shared``, ``encoder.embed_tokens``,
+    ``decoder.embed_tokens``) and a checkpoint would hold it three times (3 x 262 MB for Flan-T5-XL in
+    float32). The stacks keep their reference, unregistered: one name, one copy.
+    """
+    from paddlenlp.transformers.t5.modeling import T5Attention, T5DenseGatedGeluDense, T5LayerNorm, T5Stack
+
+    if activation not in T5_ACTIVATIONS:
+        raise ValueError(f"T5 activation {activation!r} is not supported (known: {', '.join(T5_ACTIVATIONS)})")
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, T5DenseGatedGeluDense):
+            layer.gelu_act = T5_ACTIVATIONS[activation]()
+        elif isinstance(layer, T5Attention) and layer.has_relative_attention_bias:
+            layer.compute_bias = _t5_bias(layer, max_distance)
+        elif type(layer) is T5LayerNorm:
+            layer.__class__ = _t5_norm_class()
+        elif isinstance(layer, T5Stack) and "embed_tokens" in layer._sub_layers:
+            shared = layer._sub_layers.pop("embed_tokens")
+            object.__setattr__(layer, "embed_tokens", shared)  # a plain attribute: not in state_dict
+
+
+def _t5_bias(layer: nn.Layer, max_distance: int) -> Callable[[int, int], Tensor]:
+    def compute_bias(query_length: int, key_length: int) -> Tensor:
+        context = paddle.arange(query_length, dtype="int64").unsqueeze(-1)
+        memory = paddle.arange(key_length, dtype="int64").unsqueeze(0)
+        buckets = layer._relative_position_bucket(memory - context, bidirectional=not layer.is_decoder,
+                                                  num_buckets=layer.relative_attention_num_buckets,
+                                                  max_distance=max_distance)
+        return layer.relative_attention_bias(buckets).transpose([2, 0, 1]).unsqueeze(0)  # [1, heads, q, k]
+
+    return compute_bias
+
+
+@lru_cache(maxsize=1)
+def _t5_norm_class() -> type:
+    """Made on first use: importing paddlenlp at module level would cost every tool seconds."""
+    from paddlenlp.transformers.t5.modeling import T5LayerNorm
+
+    class T5LayerNormHF(T5LayerNorm):
+        """paddlenlp's ``T5LayerNorm`` computed by ``t5_layer_norm``; same parameters and names."""
+
+        def forward(self, hidden_states: Tensor) -> Tensor:
+            return t5_layer_norm(self, hidden_states)
+
+    return T5LayerNormHF

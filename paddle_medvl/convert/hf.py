@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import paddle
 from paddle import nn
@@ -25,7 +25,7 @@ from ..config import LanguageConfig, ModelConfig, QFormerConfig, VisionConfig, d
 from ..atomic import atomic_path, atomic_write
 from ..errors import MedVLError
 from ..workarounds import stride_kernels
-from ..models.blip2 import CONFIG, INDEX, WEIGHTS, Blip2, skeleton, weight_files
+from ..models.blip2 import CONFIG, HF_MODEL_TYPES, INDEX, WEIGHTS, Blip2, skeleton, weight_files
 
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 
@@ -60,17 +60,33 @@ def refuse_mismatch(where: Path | str, what: str, missing: Sequence[str] = (), u
         raise ConversionError(f"{where}: " + "\n  ".join([f"{what}:", *problems]) + (f"\n  {hint}" if hint else ""))
 
 
-def translate_config(hf: dict, qformer_text: bool = False) -> ModelConfig:
-    """HF ``config.json`` of a BLIP-2 with an OPT -> our ModelConfig.
+# Hugging Face LLM model types -> (our architecture, how that LLM wants its text: data/collate.py's
+# TextFormat as LanguageConfig fields). OPT ends a BLIP-2 caption with "\n" after a </s> bos (LAVIS);
+# T5's tokenizer ends the prompt and the target with </s> (LAVIS's InstructBLIP keeps both).
+HF_LLMS = {
+    "opt": ("opt", dict(add_bos=True, eos_text="\n")),
+    "t5": ("t5", dict(add_bos=False, eos_text="", eos_token=True, prompt_eos=True)),
+}
+HF_LM_HEAD = "language_model.lm_head.weight"
+
+
+def translate_config(hf: dict, keys: Collection[str] = ()) -> ModelConfig:
+    """HF ``config.json`` of a BLIP-2 (OPT or T5) or an InstructBLIP (T5) -> our ModelConfig.
 
     Eps values come from the file or HF's defaults (vision 1e-6, Q-Former 1e-12), never ours, so
-    the converted model computes what the HF model computes.
+    the converted model computes what the HF model computes. ``keys``, the checkpoint's tensor names,
+    decide what config.json does not say reliably: whether the Q-Former carries its text head (LAVIS
+    text parts), and whether the LLM has a head of its own (transformers 5 writes
+    ``tie_word_embeddings: true`` into every T5 config it saves, Flan-T5's untied head included).
     """
-    if hf.get("model_type") not in ("blip-2", None):
-        raise ConversionError(f"config.json: model_type {hf.get('model_type')!r} is not a BLIP-2 checkpoint")
+    model_type = hf.get("model_type")
+    if model_type not in HF_MODEL_TYPES + (None,):
+        raise ConversionError(f"config.json: model_type {model_type!r} is not a BLIP-2 or InstructBLIP checkpoint")
     text = dict(hf.get("text_config") or {})
-    if text.get("model_type", "opt") != "opt":
-        raise ConversionError(f"config.json: text_config.model_type {text.get('model_type')!r}: only OPT converts so far")
+    family = text.get("model_type", "opt")
+    if family not in HF_LLMS:
+        raise ConversionError(f"config.json: text_config.model_type {family!r}: only {', '.join(HF_LLMS)} convert")
+    architecture, text_format = HF_LLMS[family]
     vision = _pick(
         hf.get("vision_config") or {},
         dict(image_size="image_size", patch_size="patch_size", hidden_size="hidden_size",
@@ -90,11 +106,15 @@ def translate_config(hf: dict, qformer_text: bool = False) -> ModelConfig:
         raise ConversionError("config.json: non-square image or patch sizes are not supported")
     keep = {k: v for k, v in text.items() if k not in ("architectures", "_name_or_path", "torch_dtype", "dtype",
                                                       "transformers_version", "model_type")}
+    if family == "t5":
+        tied_in_file = keep.pop("tie_word_embeddings", True)
+        keep["scale_decoder_outputs"] = keep.get("scale_decoder_outputs", tied_in_file)
+        keep["tie_word_embeddings"] = HF_LM_HEAD not in keys
     return ModelConfig(
         vision=VisionConfig(**vision),
-        qformer=QFormerConfig(**qformer, num_query_tokens=hf.get("num_query_tokens", 32), text=qformer_text,
-                              instruction=False),
-        language=LanguageConfig(architecture="opt", config=keep, add_bos=True, eos_text="\n"),
+        qformer=QFormerConfig(**qformer, num_query_tokens=hf.get("num_query_tokens", 32),
+                              text="qformer.cls.predictions.bias" in keys, instruction=model_type == "instructblip"),
+        language=LanguageConfig(architecture=architecture, config=keep, **text_format),
     )
 
 
@@ -201,20 +221,23 @@ def convert(
     with ExitStack() as stack:
         stack.enter_context(stride_kernels())
         ckpt = Checkpoint(Checkpoint.files(hf_dir) + ([Path(qformer_text)] if qformer_text else []), stack)
-        has_text = "qformer.embeddings.word_embeddings.weight" in ckpt.where
-        config = translate_config(hf_config, qformer_text=has_text)
-        if has_text:  # the text parts' own sizes; LAVIS appends [DEC] as the last token of the vocabulary
+        config = translate_config(hf_config, ckpt.where)
+        if "qformer.embeddings.word_embeddings.weight" in ckpt.where:  # the text parts' own sizes
             vocab = ckpt.shape("qformer.embeddings.word_embeddings.weight")[0]
-            positions = ckpt.shape("qformer.embeddings.position_embeddings.weight")[0]
-            config.qformer.vocab_size, config.qformer.dec_token_id = vocab, vocab - 1
-            config.qformer.max_position_embeddings = positions
+            config.qformer.vocab_size = vocab
+            config.qformer.max_position_embeddings = ckpt.shape("qformer.embeddings.position_embeddings.weight")[0]
+            if config.qformer.text:  # LAVIS appends [DEC] as the last token of the vocabulary
+                config.qformer.dec_token_id = vocab - 1
         with skeleton():
             model = Blip2(config)
         expected = {k: list(v.shape) for k, v in model.state_dict().items()}
         names = key_map(model)
         sources, used = _sources(names, ckpt)
-        # HF does not save OPT's tied lm_head; older checkpoints may hold it: the embedding is the head.
-        used |= {"language_model.lm_head.weight"} & set(ckpt.where)
+        # Copies of a tied embedding that older checkpoints hold besides it (HF saves each tensor once
+        # now): OPT's lm_head, T5's per-stack embed_tokens.
+        # now): OPT's lm_head, T5's per-stack embed_tokens. (An untied head is a tensor of its own, mapped.)
+        used |= {HF_LM_HEAD, "language_model.encoder.embed_tokens.weight",
+                 "language_model.decoder.embed_tokens.weight"} & set(ckpt.where)
         missing = sorted(names[k][0] for k in expected if k not in sources)
         unexpected = sorted(set(ckpt.where) - used)
         refuse_mismatch(hf_dir, "the checkpoint does not match its config.json", missing, unexpected)

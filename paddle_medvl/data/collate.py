@@ -26,6 +26,7 @@ class TextFormat:
     add_bos: bool = False  # OPT: the tokenizer's bos (</s>) first, as Hugging Face's OPT tokenizer does
     eos_text: str = ""  # appended to the target before tokenizing ("\n" ends OPT captions in BLIP-2)
     eos_token: bool = False  # append the tokenizer's eos id to the target (T5's </s>)
+    prompt_eos: bool = False  # end the prompt with the tokenizer's eos id (T5's tokenizer does, LAVIS keeps it)
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -59,7 +60,8 @@ class Collator:
     ) -> None:
         if tokenizer.pad_token_id is None:
             raise ConfigError(f"the tokenizer {type(tokenizer).__name__} has no pad token; set one in its config")
-        if (text.add_bos and tokenizer.bos_token_id is None) or (text.eos_token and tokenizer.eos_token_id is None):
+        if (text.add_bos and tokenizer.bos_token_id is None) or (
+                (text.eos_token or text.prompt_eos) and tokenizer.eos_token_id is None):
             raise ConfigError(f"the tokenizer {type(tokenizer).__name__} lacks the bos/eos token its TextFormat asks for")
         self.tokenizer, self.text = tokenizer, text
         self.max_prompt_len, self.max_target_len = max_prompt_len, max_target_len
@@ -68,7 +70,10 @@ class Collator:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if self.text.add_bos else []
-        return (bos + _ids(self.tokenizer, prompt))[: self.max_prompt_len]
+        ids = (bos + _ids(self.tokenizer, prompt))[: self.max_prompt_len]
+        if self.text.prompt_eos:
+            ids = ids[: self.max_prompt_len - 1] + [self.tokenizer.eos_token_id]
+        return ids
 
     def target_ids(self, target: str) -> list[int]:
         ids = _ids(self.tokenizer, target + self.text.eos_text)
@@ -83,9 +88,11 @@ class Collator:
         batch: dict = {
             "index": np.asarray([s["index"] for s in samples], dtype="int64"),  # -> records, for predictions
             "pixel_values": np.stack([s["image"] for s in samples]).astype("float32"),
-            # For generation: the prompt alone, left-padded so every row ends where new tokens begin.
-            "prompt_ids": _pad(prompts, self.max_prompt_len, pad, left=True),
-            "prompt_mask": _pad([[1] * len(p) for p in prompts], self.max_prompt_len, 0, left=True),
+            # For generation: the prompt alone. A decoder-only LLM's is left-padded, so that every row ends
+            # where new tokens begin; an encoder's is right-padded as in training (T5's relative positions
+            # between the soft prompt and the prompt would otherwise change with the padding).
+            "prompt_ids": _pad(prompts, self.max_prompt_len, pad, left=self.text.decoder_only),
+            "prompt_mask": _pad([[1] * len(p) for p in prompts], self.max_prompt_len, 0, left=self.text.decoder_only),
         }
         if self.text.decoder_only:
             length = self.max_prompt_len + self.max_target_len

@@ -41,7 +41,6 @@ from paddle.nn import functional as F
 
 from ..atomic import atomic_path, atomic_write, replace_folder
 from ..config import Config, ConfigError, DecodeConfig, ModelConfig, dump_yaml, get_field, load_config, set_field, to_dict
-from ..data.collate import IGNORE_INDEX
 from ..workarounds import fix_frozen_layer_norms, stride_kernels
 from .eva_vit import EvaViT
 from . import decoding
@@ -82,7 +81,8 @@ class Blip2Output(NamedTuple):
     loss: Tensor
     caption_loss: Tensor
     concept_loss: Tensor | None
-    logits: Tensor | None  # the LLM's logits over [queries; prompt; target], only when asked for
+    logits: Tensor | None  # the LLM's logits (decoder-only: over [queries; prompt; target]; encoder-decoder:
+    # over the target), only when asked for
     detection_loss: Tensor | None = None
 
 
@@ -171,7 +171,9 @@ class Blip2(nn.Layer):
         return_logits: bool = False,
         concept_labels: Tensor | None = None,
     ) -> Blip2Output:
-        """Losses for one batch from ``data/collate.py`` (decoder-only LLM layout).
+        """Losses for one batch from ``data/collate.py``, in the layout of the LLM's family (a decoder-only
+        LLM reads ``[soft prompt; prompt; target]``, an encoder-decoder ``[soft prompt; prompt]`` in its
+        encoder and the target in its decoder: ``LanguageModel.prompted``).
 
         ``qformer_ids``/``qformer_mask`` are the Q-Former's own text: the instruction when the
         Q-Former takes one (InstructBLIP), else the concept sentence for the concept loss.
@@ -198,12 +200,7 @@ class Blip2(nn.Layer):
         else:
             query_output = self.qformer(self.query_tokens, image)
         prefix = self._soft_prompt(query_output, views)
-
-        batch, prefix_len = prefix.shape[0], prefix.shape[1]
-        embeds = paddle.concat([prefix, self.language_model.embed(input_ids)], axis=1)
-        mask = paddle.concat([paddle.ones([batch, prefix_len], dtype=attention_mask.dtype), attention_mask], axis=1)
-        labels = paddle.concat([paddle.full([batch, prefix_len], IGNORE_INDEX, dtype=labels.dtype), labels], axis=1)
-        out = self.language_model(embeds, mask, labels, return_logits=return_logits)
+        out = self.language_model.prompted(prefix, input_ids, attention_mask, labels, return_logits=return_logits)
         caption = out.loss
         loss = self.config.caption_loss_weight * caption
         if concept is not None:
@@ -259,9 +256,7 @@ class Blip2(nn.Layer):
                                      paddle.ones(image.shape[:2], dtype="int64"), **asdict(decode),
                                      eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         prefix = self.encode_images(pixel_values, instruction_ids, instruction_mask)
-        batch, prefix_len = prefix.shape[0], prefix.shape[1]
-        embeds = paddle.concat([prefix, self.language_model.embed(prompt_ids)], axis=1)
-        mask = paddle.concat([paddle.ones([batch, prefix_len], dtype=prompt_mask.dtype), prompt_mask], axis=1)
+        embeds, mask = self.language_model.join(prefix, prompt_ids, prompt_mask)
         return self.language_model.generate(
             embeds, mask, **asdict(decode), eos_token_id=eos_token_id, pad_token_id=pad_token_id
         )

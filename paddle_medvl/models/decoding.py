@@ -48,10 +48,20 @@ def generate(
     return beam_search(stepper, inputs, mask, num_beams, max_new_tokens, length_penalty, rules, eos_token_id, pad_token_id)
 
 
+def start_tokens(stepper: Any, batch: int) -> Tensor:
+    """What the output begins with before anything is generated [B, S]: the stepper's ``start_tokens``
+    (an encoder-decoder's decoder start) or nothing. The processors see them, as HF's see the decoder's
+    input ids; they are not returned."""
+    if hasattr(stepper, "start_tokens"):
+        return stepper.start_tokens(batch).astype("int64")
+    return paddle.zeros([batch, 0], dtype="int64")
+
+
 def greedy(stepper: Any, embeds: Tensor, mask: Tensor, max_new: int, rules: "Processors", eos: int, pad: int) -> Tensor:
     logits, state = stepper._prefill(embeds, mask)
     batch = embeds.shape[0]
-    out = paddle.zeros([batch, 0], dtype="int64")
+    out = start_tokens(stepper, batch)
+    begin = out.shape[1]
     running = paddle.ones([batch], dtype="bool")
     for step in range(max_new):
         scores = rules(logits.astype("float32"), out, step)
@@ -62,7 +72,7 @@ def greedy(stepper: Any, embeds: Tensor, mask: Tensor, max_new: int, rules: "Pro
         if step + 1 == max_new or not bool(running.any()):
             break
         logits, state = stepper._step(token, state)
-    return out
+    return out[:, begin:]
 
 
 def beam_search(
@@ -75,34 +85,38 @@ def beam_search(
     logits, state = stepper._prefill(embeds, mask)  # once per prompt, then copied to its beams
     logits, state = paddle.gather(logits, rows), stepper._reorder(state, rows)
     vocab = logits.shape[-1]
-    positions = paddle.arange(max_new, dtype="int64")
+    start = start_tokens(stepper, batch)
+    begin, width = start.shape[1], start.shape[1] + max_new  # each sequence: the start tokens, then new ones
+    positions = paddle.arange(width, dtype="int64")
     offsets = (paddle.arange(batch, dtype="int64") * beams).unsqueeze(-1)
     top_beams = paddle.arange(keep) < beams  # only these candidates may finish in a step
 
-    running = paddle.full([batch, beams, max_new], pad, dtype="int64")
+    running = paddle.full([batch, beams, width], pad, dtype="int64")
+    if begin:
+        running[:, :, :begin] = start.unsqueeze(1).expand([batch, beams, begin])
     running_scores = paddle.concat(
         [paddle.zeros([batch, 1]), paddle.full([batch, beams - 1], _NEG)], axis=1
     )  # all beams start equal: only the first may expand at step 0
-    done = paddle.full([batch, beams, max_new], pad, dtype="int64")  # the best finished hypotheses
+    done = running.clone()  # the best finished hypotheses
     done_scores = paddle.full([batch, beams], _NEG)
     done_lengths = paddle.zeros([batch, beams], dtype="int64")
     done_full = paddle.zeros([batch, beams], dtype="int64")  # 1 where a kept hypothesis is real (no bool gather on CPU)
     improvable = paddle.ones([batch, 1], dtype="bool")
 
     for step in range(max_new):
-        history = running.reshape([batch * beams, max_new])[:, :step]
+        history = running.reshape([batch * beams, width])[:, : begin + step]
         scores = rules(log_softmax(logits.astype("float32"), axis=-1), history, step)
         scores = (scores.reshape([batch, beams, vocab]) + running_scores.unsqueeze(-1)).reshape([batch, -1])
         cand_scores, cand = paddle.topk(scores, keep, axis=1)
         cand_beam, cand_token = cand // vocab, cand % vocab
-        cand_seqs = paddle.take_along_axis(running, cand_beam.unsqueeze(-1).expand([batch, keep, max_new]), 1)
-        cand_seqs = paddle.where(positions == step, cand_token.unsqueeze(-1), cand_seqs)
+        cand_seqs = paddle.take_along_axis(running, cand_beam.unsqueeze(-1).expand([batch, keep, width]), 1)
+        cand_seqs = paddle.where(positions == begin + step, cand_token.unsqueeze(-1), cand_seqs)
         ends = paddle.logical_or(cand_token == eos, paddle.full_like(cand_token, step + 1 >= max_new, dtype="bool"))
 
         # the best `beams` unfinished candidates go on
         alive_scores = paddle.where(ends, cand_scores + _NEG, cand_scores)
         next_scores, pick = paddle.topk(alive_scores, beams, axis=1)
-        running = paddle.take_along_axis(cand_seqs, pick.unsqueeze(-1).expand([batch, beams, max_new]), 1)
+        running = paddle.take_along_axis(cand_seqs, pick.unsqueeze(-1).expand([batch, beams, width]), 1)
         running_scores = next_scores
         parents = (paddle.take_along_axis(cand_beam, pick, 1) + offsets).flatten()
 
@@ -115,7 +129,7 @@ def beam_search(
         best = paddle.topk(merged_scores, beams, axis=1)[1]
         done_scores = paddle.take_along_axis(merged_scores, best, 1)
         merged = paddle.concat([done, cand_seqs], axis=1)
-        done = paddle.take_along_axis(merged, best.unsqueeze(-1).expand([batch, beams, max_new]), 1)
+        done = paddle.take_along_axis(merged, best.unsqueeze(-1).expand([batch, beams, width]), 1)
         lengths = paddle.concat([done_lengths, paddle.full([batch, keep], step + 1, dtype="int64")], axis=1)
         done_lengths = paddle.take_along_axis(lengths, best, 1)
         done_full = paddle.take_along_axis(paddle.concat([done_full, finished_now.astype("int64")], axis=1), best, 1)
@@ -128,10 +142,10 @@ def beam_search(
         if step + 1 == max_new or not bool(improvable.any()):
             break
         state = stepper._reorder(state, parents)
-        logits, state = stepper._step(running[:, :, step].flatten(), state)
+        logits, state = stepper._step(running[:, :, begin + step].flatten(), state)
 
-    width = int(done_lengths[:, 0].max())
-    return done[:, 0, :width]
+    longest = int(done_lengths[:, 0].max())
+    return done[:, 0, begin : begin + longest]
 
 
 
@@ -155,12 +169,12 @@ class Processors:
         self.eos, self.min_new, self.penalty, self.ngram = eos, min_new, penalty, ngram
 
     def __call__(self, scores: Tensor, generated: Tensor, step: int) -> Tensor:
-        """``scores`` [N, V] float32; ``generated`` [N, step] the tokens so far."""
-        if self.penalty != 1.0 and step > 0:
+        """``scores`` [N, V] float32; ``generated`` [N, S + step] the start tokens and the tokens so far."""
+        if self.penalty != 1.0 and generated.shape[1] > 0:
             seen = paddle.take_along_axis(scores, generated, 1)
             seen = paddle.where(seen < 0, seen * self.penalty, seen / self.penalty)
             scores = paddle.put_along_axis(scores, generated, seen, 1)
-        if self.ngram > 0 and step >= self.ngram:
+        if self.ngram > 0 and generated.shape[1] >= self.ngram:
             scores = scores.masked_fill(banned_ngrams(generated, self.ngram, scores.shape[-1]), -math.inf)
         if step < self.min_new:
             scores = scores.masked_fill(paddle.arange(scores.shape[-1]) == self.eos, -math.inf)

@@ -43,6 +43,7 @@ What every class guarantees:
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,13 +92,18 @@ def register(name: str) -> Callable[[type["LanguageModel"]], type["LanguageModel
     return add
 
 
-def build_language_model(cfg: LanguageConfig) -> "LanguageModel":
-    """The frozen LLM that ``cfg.architecture`` names, with random weights (a checkpoint loads later)."""
-    cls = _ARCHITECTURES.get(cfg.architecture)
+def language_class(architecture: str) -> type["LanguageModel"]:
+    """The family ``Model.language.architecture`` names."""
+    cls = _ARCHITECTURES.get(architecture)
     if cls is None:
         known = ", ".join(sorted(_ARCHITECTURES))
-        raise LanguageConfigError(f"Model.language.architecture: unknown {cfg.architecture!r} (known: {known})")
-    return cls(cfg)
+        raise LanguageConfigError(f"Model.language.architecture: unknown {architecture!r} (known: {known})")
+    return cls
+
+
+def build_language_model(cfg: LanguageConfig) -> "LanguageModel":
+    """The frozen LLM that ``cfg.architecture`` names, with random weights (a checkpoint loads later)."""
+    return language_class(cfg.architecture)(cfg)
 
 
 def read_settings(cfg: LanguageConfig) -> tuple[dict[str, Any], str]:
@@ -148,6 +154,10 @@ class LanguageModel(nn.Layer):
     """
 
     architecture: ClassVar[str] = ""
+    decoder_only: ClassVar[bool] = True  # False: an encoder-decoder (data/collate.py lays its batches out so)
+    # Sublayers (fnmatch patterns of their names) held in float32 when the LLM is in half precision;
+    # their input is cast up (HF's ``_keep_in_fp32_modules``: Flan-T5's FFN output overflows in float16).
+    keep_float32: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: LanguageConfig):
         super().__init__()
@@ -157,6 +167,8 @@ class LanguageModel(nn.Layer):
         settings, source = read_settings(cfg)
         with default_dtype(cfg.dtype):
             self._build(settings, source)
+        if cfg.dtype in ("float16", "bfloat16"):
+            self._keep_in_float32()
         for p in self.parameters():
             p.stop_gradient = True
         fix_frozen_layer_norms(self)
@@ -199,6 +211,18 @@ class LanguageModel(nn.Layer):
         """Keep the rows ``index`` of the state (beam search)."""
         raise NotImplementedError
 
+    def start_tokens(self, batch: int) -> Tensor:
+        """The tokens the output begins with before anything is generated [B, S] (none for a decoder-only
+        LLM fed embeddings; an encoder-decoder's decoder start). The logits processors see them as
+        Hugging Face's do, and they are not part of what ``generate`` returns."""
+        return paddle.zeros([batch, 0], dtype="int64")
+
+    def _keep_in_float32(self) -> None:
+        for name, layer in self.named_sublayers():
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.keep_float32):
+                layer.to(dtype="float32")
+                layer.register_forward_pre_hook(_inputs_to_float32)
+
     # -- frozen and in eval, always
     def train(self, mode: bool = True) -> "LanguageModel":
         """Stays in eval mode (dropout off) whatever ``mode`` says."""
@@ -223,32 +247,65 @@ class LanguageModel(nn.Layer):
     ) -> LMOutput:
         """Loss over the label tokens, and the full logits only if asked for.
 
-        ``labels`` [B, L] are aligned with ``inputs_embeds`` (``labels[:, t]`` is the token at
-        position t, -100 where there is none); the shift happens here. Without ``return_logits`` the
-        LM head runs only at the positions that have a label (fewer FLOPs and no [B, L, V] tensor);
-        with it, the loss is computed from the full logits with fixed shapes (no data-dependent
-        gather, which devices that compile per shape prefer).
+        ``labels``: what ``_outputs`` reads them as -- for a decoder-only LLM aligned with
+        ``inputs_embeds`` (``labels[:, t]`` is the token at position t, -100 where there is none; the
+        shift happens here), for an encoder-decoder the decoder's targets. Without ``return_logits``
+        the LM head runs only at the positions that have a label (fewer FLOPs and no [B, L, V]
+        tensor); with it, the loss is computed from the full logits with fixed shapes (no
+        data-dependent gather, which devices that compile per shape prefer).
         """
         self._hold_eval()
         mask = _as_mask(attention_mask, inputs_embeds)
-        hidden = self._hidden(inputs_embeds, mask)
+        hidden, targets = self._outputs(inputs_embeds, mask, labels)
         if labels is None:
             return LMOutput(_wide(self._project(hidden)), None)
-        targets = labels[:, 1:].astype("int64")
+        targets = targets.astype("int64")
         valid = targets != IGNORE_INDEX
         count = valid.astype(_wide_dtype(hidden)).sum()
         if return_logits:
             logits = _wide(self._project(hidden))
-            ce = F.cross_entropy(logits[:, :-1], paddle.where(valid, targets, paddle.zeros_like(targets)), reduction="none")
+            ce = F.cross_entropy(logits, paddle.where(valid, targets, paddle.zeros_like(targets)), reduction="none")
             loss = (ce.squeeze(-1) * valid.astype(logits.dtype)).sum() / paddle.clip(count, min=1.0)
             return LMOutput(logits, loss)
         where = paddle.nonzero(valid.flatten()).squeeze(-1)
         if where.shape[0] == 0:  # no label token: zero loss, still part of the graph
             return LMOutput(None, _wide(hidden).sum() * 0.0)
-        picked = paddle.gather(hidden[:, :-1].reshape([-1, hidden.shape[-1]]), where)
+        picked = paddle.gather(hidden.reshape([-1, hidden.shape[-1]]), where)
         logits = _wide(self._project(picked))
         loss = F.cross_entropy(logits, paddle.gather(targets.flatten(), where), reduction="sum") / count
         return LMOutput(None, loss)
+
+    def _outputs(self, inputs_embeds: Tensor, mask: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """(the hidden states the logits come from [B, N, D], the label each of them predicts [B, N]).
+
+        A decoder-only LLM: the hidden states over ``inputs_embeds``, each predicting the next
+        position's label (the last predicts nothing). An encoder-decoder overrides this.
+        """
+        hidden = self._hidden(inputs_embeds, mask)
+        if labels is None:
+            return hidden, None
+        ignore = paddle.full([labels.shape[0], 1], IGNORE_INDEX, dtype=labels.dtype)
+        return hidden, paddle.concat([labels[:, 1:], ignore], axis=1)
+
+    def prompted(self, prefix: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
+                 return_logits: bool = False) -> LMOutput:
+        """The loss of a batch from ``data/collate.py`` behind a soft prompt ``prefix`` [B, P, D] (BLIP-2's
+        projected queries): ``prefix`` goes in front of the text's embeddings, and for a decoder-only LLM
+        its positions get no label; an encoder-decoder's labels are its decoder's and stay as they are."""
+        embeds, mask = self.join(prefix, input_ids, attention_mask)
+        return self(embeds, mask, self._labels_after(prefix, labels), return_logits=return_logits)
+
+    def join(self, prefix: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``[prefix; embed(input_ids)]`` and its mask (the prefix is always attended)."""
+        batch, length = prefix.shape[0], prefix.shape[1]
+        embeds = paddle.concat([prefix, self.embed(input_ids)], axis=1)
+        ones = paddle.ones([batch, length], dtype=attention_mask.dtype)
+        return embeds, paddle.concat([ones, attention_mask], axis=1)
+
+    def _labels_after(self, prefix: Tensor, labels: Tensor) -> Tensor:
+        """``labels`` as ``forward`` reads them once ``prefix`` stands in front of the text."""
+        ignore = paddle.full([labels.shape[0], prefix.shape[1]], IGNORE_INDEX, dtype=labels.dtype)
+        return paddle.concat([ignore, labels], axis=1)
 
     # -- decoding
     @paddle.no_grad()
@@ -258,6 +315,10 @@ class LanguageModel(nn.Layer):
         is a keyword (``DecodeConfig`` fields, ``eos_token_id``, ``pad_token_id``); none has a default."""
         self._hold_eval()
         return decoding.generate(self, inputs_embeds, _as_mask(attention_mask, inputs_embeds), **settings)
+
+def _inputs_to_float32(layer: nn.Layer, inputs: tuple) -> tuple:
+    return tuple(x.astype("float32") if isinstance(x, Tensor) and x.dtype != paddle.float32 else x for x in inputs)
+
 
 def _wide_dtype(x: Tensor) -> str:
     """float32 for half-precision tensors (losses and scores are never computed in half), else x's own."""
