@@ -48,11 +48,14 @@ HF_TOKENIZER_CLASSES = {
     "T5TokenizerFast": "T5Tokenizer",
 }
 # The tokenizer of each LLM architecture, for a folder whose tokenizer_config.json names no class.
-ARCHITECTURE_TOKENIZERS = {"opt": "GPTTokenizer"}
+ARCHITECTURE_TOKENIZERS = {"opt": "GPTTokenizer", "t5": "T5Tokenizer"}
 TOKENIZER_HELP = {
     "opt": "for BLIP-2 OPT-2.7B, the Hugging Face checkpoint folder of Salesforce/blip2-opt-2.7b holds "
            "vocab.json, merges.txt and tokenizer_config.json (huggingface-cli download Salesforce/blip2-opt-2.7b "
            "--include '*.json' '*.txt' on a machine with internet)",
+    "t5": "for InstructBLIP Flan-T5-XL, the Hugging Face checkpoint folder of Salesforce/instructblip-flan-t5-xl "
+          "holds spiece.model and tokenizer_config.json (huggingface-cli download Salesforce/instructblip-flan-t5-xl "
+          "--include '*.json' '*.model' on a machine with internet)",
 }
 
 

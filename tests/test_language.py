@@ -190,32 +190,34 @@ def next_logits(lm, prompt: paddle.Tensor, tokens: list[int]) -> np.ndarray:
     return lm(x, paddle.ones(x.shape[:2], dtype="int64")).logits.numpy()[0, -1].astype("float64")
 
 
-def process(scores: np.ndarray, tokens: list[int], s: dict) -> np.ndarray:
-    """HF's processors, written plainly: penalty, n-gram ban, min new tokens (EOS ban)."""
-    scores = scores.copy()
+def process(scores: np.ndarray, tokens: list[int], s: dict, start: tuple[int, ...] = ()) -> np.ndarray:
+    """HF's processors, written plainly: penalty, n-gram ban, min new tokens (EOS ban). ``start``: the
+    tokens the output begins with (an encoder-decoder's decoder start), seen by the penalty and the ban."""
+    scores, seen = scores.copy(), list(start) + tokens
     if s["repetition_penalty"] != 1.0:
-        for t in set(tokens):
+        for t in set(seen):
             scores[t] = scores[t] * s["repetition_penalty"] if scores[t] < 0 else scores[t] / s["repetition_penalty"]
     n = s["no_repeat_ngram_size"]
-    if n and len(tokens) >= n:
-        for i in range(len(tokens) - n + 1):
-            if tokens[i : i + n - 1] == tokens[len(tokens) - n + 1 :]:
-                scores[tokens[i + n - 1]] = -np.inf
+    if n and len(seen) >= n:
+        for i in range(len(seen) - n + 1):
+            if seen[i : i + n - 1] == seen[len(seen) - n + 1 :]:
+                scores[seen[i + n - 1]] = -np.inf
     if len(tokens) < s["min_new_tokens"]:
         scores[s["eos_token_id"]] = -np.inf
     return scores
 
 
-def reference_greedy(lm, prompt, s: dict) -> list[int]:
+def reference_greedy(logits_of, s: dict, start: tuple[int, ...] = ()) -> list[int]:
+    """``logits_of(tokens)``: the next-token logits after the new ``tokens`` (a full pass, no cache)."""
     tokens: list[int] = []
     while len(tokens) < s["max_new_tokens"]:
-        tokens.append(int(np.argmax(process(next_logits(lm, prompt, tokens), tokens, s))))
+        tokens.append(int(np.argmax(process(logits_of(tokens), tokens, s, start))))
         if tokens[-1] == s["eos_token_id"]:
             break
     return tokens
 
 
-def reference_beam(lm, prompt, s: dict) -> list[int]:
+def reference_beam(logits_of, s: dict, start: tuple[int, ...] = ()) -> list[int]:
     """Beam search as HF: 2K candidates, only the top K may finish, sum(log p) / n ** lp, early-stop bound."""
     k, lp, eos, max_new = s["num_beams"], s["length_penalty"], s["eos_token_id"], s["max_new_tokens"]
     running: list[tuple[float, list[int]]] = [(0.0, [])]
@@ -223,7 +225,7 @@ def reference_beam(lm, prompt, s: dict) -> list[int]:
     for step in range(max_new):
         candidates = []
         for score, tokens in running:
-            logp = process(log_softmax(next_logits(lm, prompt, tokens)), tokens, s)
+            logp = process(log_softmax(logits_of(tokens)), tokens, s, start)
             candidates += [(score + logp[v], tokens + [v]) for v in range(len(logp))]
         candidates = sorted(candidates, key=lambda c: -c[0])[: 2 * k]
         ends = [c[1][-1] == eos or step + 1 == max_new for c in candidates]
@@ -246,7 +248,7 @@ def check_against_reference(lm, embeds, mask, s: dict) -> np.ndarray:
     out = lm.generate(embeds, mask, **s).numpy()
     assert out.dtype == np.int64 and out.shape[0] == 3 and 1 <= out.shape[1] <= s["max_new_tokens"]
     reference = reference_beam if s["num_beams"] > 1 else reference_greedy
-    rows = [reference(lm, unpadded(embeds, mask, b), s) for b in range(3)]
+    rows = [reference(lambda tokens, b=b: next_logits(lm, unpadded(embeds, mask, b), tokens), s) for b in range(3)]
     assert out.shape[1] == max(len(r) for r in rows)  # only the new tokens, as wide as the longest row
     for b, row in enumerate(rows):
         assert out[b].tolist() == row + [PAD] * (out.shape[1] - len(row)), (b, s)

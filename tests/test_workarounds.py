@@ -461,3 +461,60 @@ def test_a_pass_left_early_stops_its_workers():
     """``break`` after the first batch: the workers are gone as soon as the pass's generator is."""
     left = _run_worker_loader("fixed", 2, "break")
     assert left["type"] is None and left["seen"] == [0, 1] and left["alive"] == 0
+
+
+def _paddlenlp_t5(**over):
+    from paddlenlp.transformers import T5Config, T5Model
+
+    return T5Model(T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                            relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0, **over))
+
+
+def test_t5_defects_still_present():
+    """If this fails, paddlenlp's T5 honours the setting it names now: drop that part of ``workarounds.fix_t5``."""
+    from paddlenlp.transformers.t5.modeling import T5LayerNorm
+
+    model = _paddlenlp_t5(relative_attention_max_distance=12)
+    ffn = model.encoder.block[0].layer[1].DenseReluDense
+    x = paddle.linspace(-3, 3, 7)
+    # (a) the tanh form whatever the config says (exact GELU differs by up to ~5e-4 here)
+    assert float(paddle.abs(ffn.gelu_act(x) - F.gelu(x, approximate=True)).max()) < 1e-7
+    assert float(paddle.abs(ffn.gelu_act(x) - F.gelu(x, approximate=False)).max()) > 1e-4
+    # (b) compute_bias buckets as if max_distance were 128
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    relative = paddle.arange(40, dtype="int64").unsqueeze(0) - paddle.zeros([40, 1], dtype="int64")
+    at_128 = attention._relative_position_bucket(relative, num_buckets=8, max_distance=128)
+    bias = attention.compute_bias(1, 40)[0, :, 0]  # [heads, keys]
+    want = attention.relative_attention_bias(at_128[0]).transpose([1, 0])
+    assert float(paddle.abs(bias - want).max()) == 0.0
+    # (c) the norm's output stays float32 for bfloat16 weights (promotion), and (d) the table thrice
+    norm = T5LayerNorm(4)
+    norm.weight.set_value(paddle.ones([4], dtype="float32"))
+    norm.to(dtype="bfloat16")
+    assert norm(paddle.ones([1, 4], dtype="float32")).dtype == paddle.float32
+    names = set(model.state_dict())
+    assert {"shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"} <= names
+
+
+def test_t5_fix():
+    from paddle_medvl.workarounds import fix_t5
+
+    model = _paddlenlp_t5(relative_attention_max_distance=12)
+    fix_t5(model, "gelu", 12)
+    x = paddle.linspace(-3, 3, 7)
+    ffn = model.encoder.block[0].layer[1].DenseReluDense
+    assert float(paddle.abs(ffn.gelu_act(x) - F.gelu(x, approximate=False)).max()) == 0.0
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    relative = paddle.arange(40, dtype="int64").unsqueeze(0)
+    at_12 = attention._relative_position_bucket(relative, num_buckets=8, max_distance=12)
+    want = attention.relative_attention_bias(at_12[0]).transpose([1, 0])
+    assert float(paddle.abs(attention.compute_bias(1, 40)[0, :, 0] - want).max()) == 0.0
+    assert not (at_12 == attention._relative_position_bucket(relative, num_buckets=8, max_distance=128)).all()
+    names = set(model.state_dict())
+    assert "shared.weight" in names and not any("embed_tokens" in n for n in names)
+    assert model.encoder.embed_tokens is model.shared  # still there for the stack's own use
+    norm = model.encoder.final_layer_norm
+    norm.to(dtype="bfloat16")
+    assert norm(paddle.ones([1, 16], dtype="float32")).dtype == paddle.bfloat16
+    with pytest.raises(ValueError, match="quick_gelu"):
+        fix_t5(model, "quick_gelu", 12)
