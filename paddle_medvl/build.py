@@ -38,6 +38,7 @@ RUNTIME_FIELDS = (
     "concept_loss_weight",
     "concept_classes",
     "concept_detection_weight",
+    "lora",  # adapters may be added on top of a checkpoint's (paper 002's stage 2); empty keeps the checkpoint's
 )
 # Tokenizer class names in Hugging Face folders -> paddlenlp's class for the same files
 # (the BLIP-2 OPT checkpoints say "GPT2Tokenizer", which paddlenlp's AutoTokenizer cannot resolve).
@@ -78,7 +79,7 @@ def resolve_model_config(model: ModelConfig) -> ModelConfig:
     resolved = checkpoint_config(Path(model.pretrained))
     for name in RUNTIME_FIELDS:
         value = get_field(model, name)
-        if name.endswith("tokenizer") and not value:
+        if (name.endswith("tokenizer") or name == "lora") and not value:
             continue
         set_field(resolved, name, copy.deepcopy(value))
     if model.language.architecture == NO_LLM:

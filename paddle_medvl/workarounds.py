@@ -386,11 +386,12 @@ T5_ACTIVATIONS: dict[str, Callable[[], nn.Layer]] = {
 
 
 def t5_layer_norm(layer: nn.Layer, hidden: Tensor) -> Tensor:
-    """T5's RMS norm as Hugging Face computes it: the variance in float32, the scaling in the wider of the
-    input's dtype and float32, the result in the weight's dtype (explicit casts: Paddle's implicit type
+    """T5's RMS norm as Hugging Face computes it: the variance and the scaling in the wider of the input's
+    dtype and float32 (HF takes the variance in float32 even for float64, which only parity checks
+    run), the result in the weight's dtype (explicit casts: Paddle's implicit type
     promotion would log a warning at every call)."""
     wide = "float64" if hidden.dtype == paddle.float64 else "float32"  # the dtype torch promotes to
-    variance = paddle.pow(hidden.astype("float32"), 2).mean(axis=-1, keepdim=True)
+    variance = paddle.pow(hidden.astype(wide), 2).mean(axis=-1, keepdim=True)  # float64 stays exact
     hidden = hidden.astype(wide) * paddle.rsqrt(variance + layer.variance_epsilon).astype(wide)
     return layer.weight * hidden.astype(layer.weight.dtype)
 

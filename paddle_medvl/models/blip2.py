@@ -45,6 +45,7 @@ from ..workarounds import fix_frozen_layer_norms, stride_kernels
 from .eva_vit import EvaViT
 from . import decoding
 from .language import NO_LLM, build_language_model
+from .lora import apply_lora, lora_layers, set_training as set_lora_training
 from .qformer import QFormer, TextDecoder, create_query_tokens
 
 WEIGHTS = "model.safetensors"
@@ -106,6 +107,7 @@ class Blip2(nn.Layer):
                               "to the number of CUIs in the data's mapping file")
         self.concept_head = _concept_head(config) if config.concept_classes else None
         fix_frozen_layer_norms(self)  # any part may be frozen later, by pattern
+        apply_lora(self, config.lora)  # adapters on the layers the config names (paper 002)
 
     def train(self, mode: bool = True) -> "Blip2":
         """Paddle's ``train()`` sets every sublayer's flag directly; the frozen LLM (and a frozen
@@ -114,6 +116,7 @@ class Blip2(nn.Layer):
         if self.language_model is not None:
             self.language_model.train(mode)
         self.vision_model.train(mode)
+        set_lora_training(self, mode)  # adapter dropout has a flag of its own (the frozen LLM clears `training`)
         return self
 
     def idle_parameters(self) -> list[str]:
@@ -340,6 +343,13 @@ class Blip2(nn.Layer):
             fresh = _concept_head(self.config)
             for name, value in fresh.state_dict().items():
                 own[f"concept_head.{name}"].set_value(value)
+        # Adapters the checkpoint has none of (stage 2 adds LoRA to the LLM on top of stage 1) start
+        # fresh, B = 0: the model computes exactly what the checkpoint's model computes.
+        adapters = lora_layers(self)
+        fresh_adapters = {name for name in adapters if {f"{name}.lora_A", f"{name}.lora_B"}.isdisjoint(shape)}
+        for name in fresh_adapters:
+            adapters[name].reset()
+        missing = [k for k in missing if k.rsplit(".", 1)[0] not in fresh_adapters]
         unexpected = sorted(set(shape) - set(own))
         mis_shaped = sorted(
             f"{k}: checkpoint {shape[k]} vs model {list(own[k].shape)}"

@@ -115,6 +115,7 @@ class Attention(nn.Layer):
         self.head_dim = dim // self.num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = _linear(dim, 3 * dim, bias=False)
+        self.qkv.parts = ("q", "k", "v")  # its [q | k | v] columns: LoRA may adapt some (models/lora.py)
         zeros = nn.initializer.Constant(0.0)
         self.q_bias = self.create_parameter([dim], default_initializer=zeros, is_bias=True)
         self.v_bias = self.create_parameter([dim], default_initializer=zeros, is_bias=True)
@@ -122,7 +123,7 @@ class Attention(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         bias = paddle.concat([self.q_bias, paddle.zeros_like(self.q_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias)  # [B, N, 3D]
+        qkv = self.qkv(x) + bias  # [B, N, 3D]; called, not its weight read, so an adapter on qkv applies
         qkv = qkv.reshape([0, 0, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, H, N, d]
         probs = F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1)
