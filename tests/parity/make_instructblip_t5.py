@@ -65,10 +65,13 @@ GENERATIONS = {  # name -> settings (InstructBLIP's generation config has repeti
 LORA = dict(rank=4, alpha=8.0)
 
 
-def eager(config) -> None:
-    config._attn_implementation = "eager"
-    for name in ("vision_config", "qformer_config", "text_config"):
-        getattr(config, name)._attn_implementation = "eager"
+def eager(model) -> None:
+    """Eager attention everywhere: T5's stacks hold deep copies of the config, so setting the config's
+    attribute would leave them on sdpa; ``set_attn_implementation`` reaches every submodel."""
+    model.set_attn_implementation("eager")
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        assert config is None or config._attn_implementation in ("eager", None), type(module)
 
 
 def untie_head(model) -> None:
@@ -109,7 +112,7 @@ def build(instruct: bool, seed: int):
                              qformer_config=Blip2QFormerConfig(**QFORMER).to_dict(),
                              text_config=text, num_query_tokens=NUM_QUERY, image_token_index=IMAGE_TOKEN)
         model = Blip2ForConditionalGeneration(config)
-    eager(model.config)
+    eager(model)
     model = model.float().eval()
     untie_head(model)
     redraw(model, gen)
@@ -330,7 +333,7 @@ def main() -> None:
     np.savez(OUT / "inputs.npz", **inputs)
     # the saved folder reloads to the same model (the head stays untied)
     reloaded = InstructBlipForConditionalGeneration.from_pretrained(OUT).eval()
-    eager(reloaded.config)
+    eager(reloaded)
 
     outputs = {}
     for label, dtype in (("float64", torch.float64), ("float32", torch.float32)):
