@@ -3,6 +3,7 @@
     python tools/eval.py -c CONFIG --predictions runs/valid_run.csv --split valid
     python tools/eval.py -c CONFIG --predictions run.json --references gold.json --out metrics.json
     python tools/eval.py -c CONFIG --predictions run.csv --split valid -o Eval.meteor=false
+    python tools/eval.py -c configs/demo/report_tiny.yaml --predictions reports.json --split val --findings
 
 The predictions may be in any format of ``paddle_medvl/eval/formats.py`` (ImageCLEF run file,
 MEDVQA-GI submission JSON, report JSON or CSV), recognised from the content; references are a
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="auto", choices=["auto", "imageclef", "medvqa", "json", "csv"],
                         help="format of the predictions and references files (auto: from the content)")
     parser.add_argument("--out", help="the metrics JSON (default: <predictions>.metrics.json)")
+    parser.add_argument("--findings", action="store_true",
+                        help="reports of the synthetic demo: also each finding's accuracy (presence, side, zone, size)")
     args = parser.parse_args(argv)
 
     from paddle_medvl.config import ConfigError, load_config
@@ -66,6 +69,11 @@ def run(cfg, args, predictions_path: Path) -> int:
         source = str(args.references)
     metrics = evaluate(cfg, preds.texts, references, questions, task=task)
     table = format_table(metrics)
+    if args.findings:
+        from paddle_medvl.data.synthetic.iu_xray import finding_accuracy
+
+        metrics["findings"] = finding_accuracy(preds.texts, references)
+        table += "\n" + "\n".join(f"{name:<24} {value:.3f}" for name, value in metrics["findings"].items())
     metrics["source"] = {"predictions": str(predictions_path), "references": source}
 
     out = Path(args.out) if args.out else predictions_path.with_name(predictions_path.stem + ".metrics.json")

@@ -119,6 +119,12 @@ class Blip2(nn.Layer):
         set_lora_training(self, mode)  # adapter dropout has a flag of its own (the frozen LLM clears `training`)
         return self
 
+    def eval(self) -> "Blip2":
+        """Paddle's ``eval()`` sets the flags directly too (it does not call ``train(False)``)."""
+        super().eval()
+        set_lora_training(self, False)
+        return self
+
     def idle_parameters(self) -> list[str]:
         """Parameters no configured loss reaches: the Q-Former's text embeddings, text feed-forward
         branch and LM head when neither the concept loss nor an instruction gives it text (paper 000's

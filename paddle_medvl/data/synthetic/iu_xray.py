@@ -4,6 +4,7 @@ the Indiana CSVs that paper 002's prior information is read from.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,47 @@ def iu_report(scene: ChestScene) -> dict[str, str]:
         "impression": " ".join(impression) or "No acute cardiopulmonary abnormality.",
     }
 
+
+
+# What a synthetic report states about each finding, read back from its text (raw or R2Gen-cleaned):
+# finding -> pattern whose groups are the finding's attributes. No match = the report says it is absent.
+FINDINGS = {
+    "cardiomegaly": r"heart is enlarged()",
+    "nodule": r"(\d+) mm nodule in the (left|right) (upper|middle|lower) lung zone",
+    "atelectasis": r"opacity at the (left|right) lung base",
+    "effusion": r"small (left|right) pleural effusion",
+    "pneumothorax": r"small (left|right) apical pneumothorax",
+}
+# The attributes whose accuracy is reported: presence, then each group by name.
+FINDING_ATTRIBUTES = {"cardiomegaly": (), "nodule": ("size", "side", "zone"), "atelectasis": ("side",),
+                      "effusion": ("side",), "pneumothorax": ("side",)}
+
+
+def read_findings(report: str) -> dict[str, tuple[str, ...] | None]:
+    """finding -> its attributes as the report states them, or None where it states none."""
+    text = report.lower()
+    found = {}
+    for name, pattern in FINDINGS.items():
+        match = re.search(pattern, text)
+        found[name] = match.groups() if match else None
+    return found
+
+
+def finding_accuracy(predicted: dict[str, str], reference: dict[str, str]) -> dict[str, float]:
+    """Per-finding accuracy of generated reports against the references, by study ID: ``<finding>``
+    (stated present or absent correctly) and ``<finding> <attribute>`` (right, among the studies where
+    the reference has the finding: a missed finding counts as wrong)."""
+    hits: dict[str, list[bool]] = {}
+    for study, text in reference.items():
+        want, got = read_findings(text), read_findings(predicted.get(study, ""))
+        for name, attributes in FINDING_ATTRIBUTES.items():
+            hits.setdefault(name, []).append((want[name] is None) == (got[name] is None))
+            if want[name] is None:
+                continue
+            for i, attribute in enumerate(attributes):
+                right = got[name] is not None and got[name][i] == want[name][i]
+                hits.setdefault(f"{name} {attribute}", []).append(right)
+    return {key: sum(values) / len(values) for key, values in hits.items()}
 
 
 def write_iu_xray(
