@@ -159,3 +159,40 @@ def test_held_in_half_precision_with_the_ffn_output_in_float32():
     block = half.t5.encoder.block[0].layer[1].DenseReluDense
     out = block.wo(paddle.ones([1, 2, 64], dtype="float16"))  # the input is cast up by the hook
     assert out.dtype == paddle.float32
+
+
+def test_a_t5_tokenizer_folder_and_the_encoder_decoder_batch(tmp_path):
+    """A Hugging Face T5 tokenizer folder (spiece.model, "T5TokenizerFast") loads as paddlenlp's T5Tokenizer;
+    the collator ends prompt and target with </s> as T5's tokenizer does, and right-pads the generation
+    prompt (T5's relative positions between the soft prompt and the prompt must not move with padding)."""
+    import io
+    import json
+
+    import sentencepiece as spm
+
+    from paddle_medvl.build import build_collator, build_tokenizer
+    from paddle_medvl.config import Config
+
+    text = ["the heart is normal in size", "there is a small left pleural effusion", "no pneumothorax"] * 50
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=32, model_type="unigram",
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>",
+                                   unk_piece="<unk>", minloglevel=2)
+    (tmp_path / "spiece.model").write_bytes(model.getvalue())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5TokenizerFast", "extra_ids": 0}))
+    cfg = Config()
+    cfg.Model.language = LanguageConfig(architecture="t5", tokenizer=str(tmp_path), add_bos=False, eos_text="",
+                                        eos_token=True, prompt_eos=True)
+    cfg.Data.max_prompt_len, cfg.Data.max_target_len = 12, 10
+    tokenizer = build_tokenizer(cfg.Model.language)
+    assert type(tokenizer).__name__ == "T5Tokenizer" and (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
+    batch = build_collator(cfg, tokenizer)([
+        {"index": 0, "image": np.zeros((3, 4, 4), "float32"), "prompt": "the heart", "target": "no pneumothorax"},
+        {"index": 1, "image": np.zeros((3, 4, 4), "float32"), "prompt": "there is a small left pleural effusion",
+         "target": "the heart is normal in size"},
+    ])
+    prompt = tokenizer("the heart", add_special_tokens=False)["input_ids"]
+    assert batch["input_ids"][0].tolist() == prompt + [1] + [0] * (12 - len(prompt) - 1)
+    assert batch["prompt_ids"][0].tolist() == batch["input_ids"][0].tolist()  # right-padded for the encoder
+    target = tokenizer("no pneumothorax", add_special_tokens=False)["input_ids"]
+    assert batch["labels"][0].tolist() == target + [1] + [-100] * (10 - len(target) - 1)
