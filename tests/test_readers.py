@@ -163,6 +163,24 @@ def test_iu_xray_two_views_prior_and_cleaning(tmp_path, capsys):
     assert raw[0].target == "The heart is normal in size. 2. No effusion.." and raw[0].prompt == ""
 
 
+def test_iu_xray_mesh_terms_are_concepts(tmp_path):
+    """The MeSH column gives each study's concepts, numbered over the whole file in sorted order ("normal"
+    is none); a study without a row has none; without the MeSH column there are no concepts."""
+    root = iu(tmp_path)
+    write(root / "indiana_reports.csv",
+          "uid,MeSH,Problems,image,indication,comparison,findings,impression\n"
+          '2384,Pleural Effusion/left/small;Cardiomegaly,Cardiomegaly,x,y,None.,f,i\n'
+          '9,Nodule/lung/upper/right;Cardiomegaly,Nodule,x,y,None.,f,i\n'
+          '10,normal,normal,x,y,None.,f,i\n')
+    a, b = load_records(DataConfig(format="iu_xray", root=str(root), reports_csv="indiana_reports.csv"), "train")
+    # sorted: Cardiomegaly 0, Nodule/lung/upper/right 1, Pleural Effusion/left/small 2
+    assert a.extras["concept_ids"] == [2, 0] and a.extras["concept_classes"] == 3
+    assert b.extras["concept_ids"] == [] and b.extras["concept_classes"] == 3  # uid 7 has no row
+    write(root / "indiana_reports.csv", "uid,Problems,image,indication\n2384,Nodule,x,y\n")
+    a, _ = load_records(DataConfig(format="iu_xray", root=str(root), reports_csv="indiana_reports.csv"), "train")
+    assert "concept_ids" not in a.extras and a.prompt.startswith("Problems: Nodule")
+
+
 def test_r2gen_cleaning_matches_r2gen():
     assert clean_report("1. The heart is normal. 2. No pleural effusion (left)...", "iu_xray") == \
         "the heart is normal . no pleural effusion left ."

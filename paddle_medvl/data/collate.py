@@ -133,8 +133,9 @@ def check_concept_classes(records: list, classes: int) -> None:
     for record in records:
         found = record.extras.get("concept_classes")
         if found is None:
-            raise ConfigError(f"record {record.id}: the concept head learns the images' CUIs, which only the "
-                             "imageclef_caption and rocov2 data formats carry (Model.concept_classes > 0)")
+            raise ConfigError(f"record {record.id}: the concept head learns the images' concepts, which only the "
+                             "imageclef_caption and rocov2 formats (CUIs) and iu_xray with Data.reports_csv (MeSH "
+                             "terms) carry (Model.concept_classes > 0)")
         if found != classes:
-            raise ConfigError(f"Model.concept_classes is {classes}, but the data's CUI mapping file lists {found} "
-                             f"CUIs (record {record.id}): set Model.concept_classes={found}")
+            raise ConfigError(f"Model.concept_classes is {classes}, but the data name {found} concepts (CUIs of "
+                             f"the mapping file, or MeSH terms; record {record.id}): set Model.concept_classes={found}")

@@ -10,7 +10,9 @@ Prior information (ClinicalBLIP), each record's ``extras["prior"]``:
 
 * IU X-RAY, from ``Data.reports_csv`` (``indiana_reports.csv``, columns uid, MeSH, Problems, image,
   indication, ...; the study ID ``CXR<uid>_...`` names the row):
-  "Problems: {problem} \\n Image: {image} \\n Indication: {indication} \\n"
+  "Problems: {problem} \\n Image: {image} \\n Indication: {indication} \\n"; its MeSH terms
+  ("Pleural Effusion/left/small") are also each record's concepts (``concept_ids``), the classes of an
+  optional concept head (``Model.concept_classes``: the number of distinct terms in the file)
 * MIMIC-CXR, from ``Data.labels_csv`` (CheXbert labels by ``study_id``):
   "Symptoms of existence: {} \\n Symptoms of non-existence: {} \\n"
 """
@@ -79,8 +81,9 @@ def load_annotation(path: Path, split: str) -> list:
     return data[split]
 
 
-def iu_priors(path: Path, problems: Problems) -> dict[int, str]:
-    """uid -> the IU prior-information text, from indiana_reports.csv."""
+def iu_priors(path: Path, problems: Problems) -> tuple[dict[int, str], dict[int, list[str]]]:
+    """uid -> the IU prior-information text, and uid -> the study's MeSH terms (when the file has the
+    MeSH column; "normal" is no term), from indiana_reports.csv."""
     rows = read_rows(path, ",", problems)
     if not rows:
         raise DataError(f"{path}: empty reports file")
@@ -89,7 +92,9 @@ def iu_priors(path: Path, problems: Problems) -> dict[int, str]:
     if any(name not in header for name in needed):
         raise DataError(f"{path}:1: expected the columns {', '.join(needed)}; found {', '.join(rows[0][1])}")
     col = {name: header.index(name) for name in needed}
+    mesh = header.index("mesh") if "mesh" in header else None
     priors: dict[int, str] = {}
+    tags: dict[int, list[str]] = {}
     for line, cells in rows[1:]:
         if len(cells) != len(header):
             problems("malformed row", f"{path}:{line}: expected {len(header)} fields, found {len(cells)}")
@@ -101,7 +106,9 @@ def iu_priors(path: Path, problems: Problems) -> dict[int, str]:
             continue
         problem = ", ".join(p.strip() for p in cells[col["problems"]].split(";") if p.strip())
         priors[uid] = IU_PRIOR.format(problem=problem, image=cells[col["image"]], indication=cells[col["indication"]])
-    return priors
+        if mesh is not None:
+            tags[uid] = [t.strip() for t in cells[mesh].split(";") if t.strip() and t.strip().lower() != "normal"]
+    return priors, tags
 
 
 def mimic_priors(path: Path, encoding: str, problems: Problems) -> dict[str, str]:
@@ -150,9 +157,16 @@ def read_r2gen(
     ann_path = root / "annotation.json"
     entries = load_annotation(ann_path, split)
     priors: dict = {}
+    tags: dict[int, list[str]] = {}
     prior_path = root / prior_file if prior_file else None
     if prior_path is not None:
-        priors = iu_priors(prior_path, problems) if dataset == "iu_xray" else mimic_priors(prior_path, labels_encoding, problems)
+        if dataset == "iu_xray":
+            priors, tags = iu_priors(prior_path, problems)
+        else:
+            priors = mimic_priors(prior_path, labels_encoding, problems)
+    # The MeSH terms of every study in the file, numbered in sorted order: the classes of the concept
+    # head (Model.concept_classes) when it learns them (the same numbering in every split).
+    vocabulary = {term: i for i, term in enumerate(sorted({t for terms in tags.values() for t in terms}))}
     images = root / image_dir
     records: list[Record] = []
     seen: set[str] = set()
@@ -194,6 +208,9 @@ def read_r2gen(
                 key = str(entry.get("study_id", ""))
             extras["prior"] = priors.get(key, "")
             no_prior += key not in priors
+            if vocabulary:
+                extras["concept_ids"] = [vocabulary[t] for t in tags.get(key, [])]
+                extras["concept_classes"] = len(vocabulary)
         target = clean_report(report, dataset) if clean else report.strip()
         records.append(Record(study, [str(p) for p in paths], "", target, extras))
     if no_prior:
