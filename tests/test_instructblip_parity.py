@@ -214,3 +214,12 @@ def test_blip2_flan_t5_converts_and_matches(tmp_path, inputs):
     for row, exp in zip(ids.tolist(), expected.tolist()):
         end = exp.index(EOS) + 1 if EOS in exp else len(exp)
         assert row[:end] == exp[:end]
+
+
+def test_the_key_map_of_an_adapted_model_is_the_plain_one(converted):
+    """LoRA wraps Linears: the conversion key map must still transpose their weights and leave the
+    adapters (which no Hugging Face checkpoint has) out."""
+    plain, adapted = key_map(load(converted, "float32")), key_map(load(converted, "float32", LORA))
+    assert adapted == plain
+    assert plain["vision_model.encoder.layers.0.self_attn.qkv.weight"][1] is True
+    assert plain["language_model.t5.encoder.block.0.layer.0.SelfAttention.q.weight"][1] is True

@@ -26,6 +26,8 @@ from ..atomic import atomic_path, atomic_write
 from ..errors import MedVLError
 from ..workarounds import stride_kernels
 from ..models.blip2 import CONFIG, HF_MODEL_TYPES, INDEX, WEIGHTS, Blip2, skeleton, weight_files
+from ..models.language import language_class
+from ..models.lora import LoRALinear
 
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 
@@ -60,13 +62,9 @@ def refuse_mismatch(where: Path | str, what: str, missing: Sequence[str] = (), u
         raise ConversionError(f"{where}: " + "\n  ".join([f"{what}:", *problems]) + (f"\n  {hint}" if hint else ""))
 
 
-# Hugging Face LLM model types -> (our architecture, how that LLM wants its text: data/collate.py's
-# TextFormat as LanguageConfig fields). OPT ends a BLIP-2 caption with "\n" after a </s> bos (LAVIS);
-# T5's tokenizer ends the prompt and the target with </s> (LAVIS's InstructBLIP keeps both).
-HF_LLMS = {
-    "opt": ("opt", dict(add_bos=True, eos_text="\n")),
-    "t5": ("t5", dict(add_bos=False, eos_text="", eos_token=True, prompt_eos=True)),
-}
+# Hugging Face LLM model types (text_config.model_type) -> our architecture. What each family takes from a
+# Hugging Face config and how it wants its text are the family's own (``LanguageModel.from_hf``).
+HF_LLMS = {"opt": "opt", "t5": "t5"}
 HF_LM_HEAD = "language_model.lm_head.weight"
 
 
@@ -86,7 +84,7 @@ def translate_config(hf: dict, keys: Collection[str] = ()) -> ModelConfig:
     family = text.get("model_type", "opt")
     if family not in HF_LLMS:
         raise ConversionError(f"config.json: text_config.model_type {family!r}: only {', '.join(HF_LLMS)} convert")
-    architecture, text_format = HF_LLMS[family]
+    llm = language_class(HF_LLMS[family])
     vision = _pick(
         hf.get("vision_config") or {},
         dict(image_size="image_size", patch_size="patch_size", hidden_size="hidden_size",
@@ -106,15 +104,12 @@ def translate_config(hf: dict, keys: Collection[str] = ()) -> ModelConfig:
         raise ConversionError("config.json: non-square image or patch sizes are not supported")
     keep = {k: v for k, v in text.items() if k not in ("architectures", "_name_or_path", "torch_dtype", "dtype",
                                                       "transformers_version", "model_type")}
-    if family == "t5":
-        tied_in_file = keep.pop("tie_word_embeddings", True)
-        keep["scale_decoder_outputs"] = keep.get("scale_decoder_outputs", tied_in_file)
-        keep["tie_word_embeddings"] = HF_LM_HEAD not in keys
+    settings, text_format = llm.from_hf(keep, has_head=HF_LM_HEAD in keys)
     return ModelConfig(
         vision=VisionConfig(**vision),
         qformer=QFormerConfig(**qformer, num_query_tokens=hf.get("num_query_tokens", 32),
                               text="qformer.cls.predictions.bias" in keys, instruction=model_type == "instructblip"),
-        language=LanguageConfig(architecture=architecture, config=keep, **text_format),
+        language=LanguageConfig(architecture=llm.architecture, config=settings, **text_format),
     )
 
 
@@ -122,11 +117,12 @@ def translate_config(hf: dict, keys: Collection[str] = ()) -> ModelConfig:
 
 
 def key_map(model: Blip2) -> dict[str, tuple[str, bool]]:
-    """Our name -> (HF name, transpose?) for every tensor of ``model``."""
-    linear = {f"{name}.weight" for name, sub in model.named_sublayers() if isinstance(sub, nn.Linear)}
+    """Our name -> (HF name, transpose?) for every tensor of ``model`` that Hugging Face's has (LoRA adapters
+    are ours alone; an adapted Linear's weight is transposed like any other)."""
+    linear = {f"{name}.weight" for name, sub in model.named_sublayers() if isinstance(sub, (nn.Linear, LoRALinear))}
     names: dict[str, tuple[str, bool]] = {}
     for ours in model.state_dict():
-        if ours.startswith("language_model."):
+        if ours.startswith("language_model.") or ours.endswith((".lora_A", ".lora_B")):  # adapters: ours alone
             continue
         theirs = ours
         names[ours] = (theirs, ours in linear)

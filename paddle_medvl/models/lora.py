@@ -31,7 +31,9 @@ Gradients need the frozen-LayerNorm fix: Paddle 3.3.1's ``layer_norm`` backward 
 norm's weight is frozen (REFERENCE 2b), and every frozen norm between an adapter and the loss
 corrupts the adapter's gradient. ``workarounds.fix_frozen_layer_norms`` (which the composed model
 applies) is independent of this module: it swaps LayerNorm classes, this swaps Linears, and it
-reads the frozen state at each call, so the two can be applied in either order.
+reads the frozen state at each call, so the two can be applied in either order. The fix covers
+``backward()`` only: ``paddle.grad(loss, adapters)`` prunes the norms' weight gradients and gets the
+same wrong input gradients again (Paddle 3.3.1), so take adapter gradients with ``backward()``.
 """
 from __future__ import annotations
 

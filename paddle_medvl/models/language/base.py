@@ -174,6 +174,15 @@ class LanguageModel(nn.Layer):
         fix_frozen_layer_norms(self)
         self._hold_eval()
 
+    # Hugging Face -> this family: how its tokenizer lays out text (LanguageConfig's text fields)
+    hf_text_format: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def from_hf(cls, settings: dict[str, Any], has_head: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(our settings, the text format) from a Hugging Face ``text_config``; ``has_head``: the checkpoint
+        holds an LM head of its own (``language_model.lm_head.weight``)."""
+        return dict(settings), dict(cls.hf_text_format)
+
     # -- to implement per architecture
     def _build(self, settings: dict[str, Any], source: str) -> None:
         raise NotImplementedError

@@ -86,6 +86,9 @@ class OPTLanguageModel(LanguageModel):
     global default dtype and sums two float minima into -inf).
     """
 
+    # BLIP-2 OPT: a </s> bos before the prompt (HF's OPT tokenizer), captions end with "\n" (LAVIS)
+    hf_text_format = {"add_bos": True, "eos_text": "\n"}
+
     def _build(self, settings: dict[str, Any], source: str) -> None:
         from paddlenlp.transformers import OPTModel
 

@@ -98,6 +98,20 @@ class T5LanguageModel(LanguageModel):
     decoder_only = False
     keep_float32 = ("t5.*.DenseReluDense.wo",)
 
+    # T5's tokenizer ends the prompt and the target with </s> (LAVIS's InstructBLIP keeps both)
+    hf_text_format = {"add_bos": False, "eos_text": "", "eos_token": True, "prompt_eos": True}
+
+    @classmethod
+    def from_hf(cls, settings: dict[str, Any], has_head: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The head is untied when the checkpoint holds one: transformers 5 writes ``tie_word_embeddings:
+        true`` into every T5 config it saves (Flan-T5's untied head included) and unties on load when the
+        two tensors differ. The rescale follows the file's ``scale_decoder_outputs``, else its tie."""
+        ours, text_format = super().from_hf(settings, has_head)
+        tied_in_file = ours.pop("tie_word_embeddings", True)
+        ours.setdefault("scale_decoder_outputs", tied_in_file)
+        ours["tie_word_embeddings"] = not has_head
+        return ours, text_format
+
     def _build(self, settings: dict[str, Any], source: str) -> None:
         from paddlenlp.transformers import T5Model
 
@@ -120,15 +134,18 @@ class T5LanguageModel(LanguageModel):
     def hf_names(self) -> dict[str, tuple[str, bool]]:
         """Our parameter name -> (Hugging Face ``T5ForConditionalGeneration`` name, transpose?).
 
-        Linear weights are transposed (torch [out, in] vs Paddle [in, out]); the embedding, the norms
-        and the relative attention bias tables are not.
+        Linear weights are transposed (torch [out, in] vs Paddle [in, out]), adapted ones too; the
+        embedding, the norms and the relative attention bias tables are not; LoRA adapters have no entry.
         """
+        from ..lora import LoRALinear
+
         names = {}
         for name, layer in self.named_sublayers():
             for p_name, _ in layer.named_parameters(include_sublayers=False):
+                if p_name.startswith("lora_"):
+                    continue  # adapters are ours alone
                 full = f"{name}.{p_name}"
-                theirs = full.removeprefix("t5.")
-                names[full] = (theirs, isinstance(layer, nn.Linear))
+                names[full] = (full.removeprefix("t5."), isinstance(layer, (nn.Linear, LoRALinear)))
         return names
 
     # -- the passes
