@@ -80,6 +80,10 @@ def layer_norm(
     tensor sharing the weight's memory; its gradient (a [D] vector) is dropped with the graph after
     backward, so the real parameter stays frozen, gets no ``.grad`` and never reaches an optimizer.
     Cost: the kernel's weight-gradient reduction, one multiply-add per element.
+    The same wrong input gradient comes whenever the weight's gradient is not computed, trainable weight
+    or not: ``paddle.grad(loss, [inputs only])`` is such a case, and this fix cannot reach it (seen
+    0.55 for 0.60 on a random float64 [4, 32] case). Training uses ``backward()``, which it fixes;
+    a gradient check must too (``tests/test_lora.py::gradients``).
     Remove when ``tests/test_workarounds.py::test_layer_norm_defect_still_present`` fails.
     """
     if weight is not None and weight.stop_gradient and not x.stop_gradient and paddle.in_dynamic_mode():
