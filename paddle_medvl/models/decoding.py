@@ -6,6 +6,8 @@ of ``blip2.py`` are steppers):
     _prefill(inputs [B, L, D], mask [B, L]) -> (next-token logits [B, V], state)
     _step(tokens [N], state) -> (next-token logits [N, V], state)
     _reorder(state, rows [N]) -> state          # keep these rows (beam search)
+    start_tokens(B) -> [B, S]                    # optional: what the output begins with (T5's decoder
+                                                 # start), seen by the processors, not returned
 
 ``generate(stepper, inputs, mask, **DecodeConfig fields, eos_token_id, pad_token_id)`` gives the
 new tokens [B, T]; ``language/base.py``'s module docstring states the semantics (checked against

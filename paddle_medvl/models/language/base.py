@@ -40,6 +40,10 @@ What every class guarantees:
     prompts decode like unpadded ones (HF reads the last column, so it needs left padding).
 
   paddlenlp's own ``generate`` differs (``workarounds`` lists how), so it is not used here.
+
+An encoder-decoder (T5) gives what Hugging Face's ``generate(inputs_embeds=...)`` gives for it: the
+encoder runs once, the decoder steps from its start token, which the repetition penalty and the
+n-gram ban see as HF's processors do (they read the decoder's input ids); it is not returned.
 """
 from __future__ import annotations
 
@@ -150,7 +154,9 @@ class LanguageModel(nn.Layer):
 
     A subclass implements ``_build``, ``embed``, ``_hidden`` (the last hidden states), ``_project``
     (hidden -> logits) and the three decoding steps ``_prefill``, ``_step``, ``_reorder``; the loss,
-    the freezing and the search live here once.
+    the freezing and the search live here once. An encoder-decoder (``decoder_only = False``) overrides
+    ``_outputs`` (its decoder reads the labels) and ``_labels_after`` (the soft prompt is the encoder's)
+    instead of ``_hidden``, and ``start_tokens`` (its decoder start).
     """
 
     architecture: ClassVar[str] = ""
