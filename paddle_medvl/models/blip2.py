@@ -414,8 +414,9 @@ def checkpoint_settings(folder: Path) -> Config:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"{folder}: no such checkpoint folder. Download the Hugging Face checkpoint (e.g. "
-            "Salesforce/blip2-opt-2.7b: config.json + *.safetensors) on a machine with internet and convert "
+            f"{folder}: no such checkpoint folder. Download the Hugging Face checkpoint (Salesforce/blip2-opt-2.7b "
+            "for captions, Salesforce/instructblip-flan-t5-xl for reports: config.json + *.safetensors) on a "
+            "machine with internet and convert "
             f"it: python tools/convert_hf.py --hf DIR --out {folder}"
         )
     if not (folder / CONFIG).is_file():
