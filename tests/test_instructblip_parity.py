@@ -223,3 +223,22 @@ def test_the_key_map_of_an_adapted_model_is_the_plain_one(converted):
     assert adapted == plain
     assert plain["vision_model.encoder.layers.0.self_attn.qkv.weight"][1] is True
     assert plain["language_model.t5.encoder.block.0.layer.0.SelfAttention.q.weight"][1] is True
+
+
+def test_a_half_precision_llm_loads_with_its_ffn_output_in_float32(converted):
+    """``Model.language.dtype: bfloat16`` (the report recipes'): the checkpoint loads into a skeleton whose
+    T5 is bfloat16 except the FFN output projections, float32 with the checkpoint's exact values."""
+    from safetensors.numpy import load_file
+
+    config = load_config(converted / "config.yaml").Model
+    config.language.dtype = "bfloat16"
+    model = Blip2.from_pretrained(converted, config)
+    dtypes = {name: p.dtype for name, p in model.language_model.named_parameters()}
+    wo = {name for name in dtypes if name.endswith("DenseReluDense.wo.weight")}
+    assert len(wo) == 4 and {dtypes[n] for n in wo} == {paddle.float32}
+    assert {d for n, d in dtypes.items() if n not in wo} == {paddle.bfloat16}
+    stored = load_file(str(converted / "model.safetensors"))
+    for name in wo:
+        layer_weight = dict(model.language_model.named_parameters())[name]
+        np.testing.assert_array_equal(layer_weight.numpy(), stored[f"language_model.{name}"])
+        assert layer_weight.stop_gradient  # frozen like the rest of the LLM

@@ -233,10 +233,18 @@ class LanguageModel(nn.Layer):
         return paddle.zeros([batch, 0], dtype="int64")
 
     def _keep_in_float32(self) -> None:
+        """New float32 parameters for the ``keep_float32`` layers, holding the values if there are any
+        (``Layer.to`` cannot cast the memory-less parameters of a ``skeleton()``, which a checkpoint fills)."""
         for name, layer in self.named_sublayers():
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.keep_float32):
-                layer.to(dtype="float32")
-                layer.register_forward_pre_hook(_inputs_to_float32)
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.keep_float32):
+                continue
+            for key, param in list(layer.named_parameters(include_sublayers=False)):
+                wide = layer.create_parameter(param.shape, dtype="float32",
+                                              default_initializer=nn.initializer.Constant(0.0))
+                if param._is_initialized():
+                    wide.set_value(param.astype("float32"))
+                setattr(layer, key, wide)
+            layer.register_forward_pre_hook(_inputs_to_float32)
 
     # -- frozen and in eval, always
     def train(self, mode: bool = True) -> "LanguageModel":
