@@ -2,6 +2,7 @@
 
     python -m paddle.distributed.launch --devices 0,1 dp_train.py CONFIG [OVERRIDES...]
 """
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,10 @@ def main() -> None:
     rank, _ = world()
     flat = np.concatenate([p.numpy().ravel().astype("float64") for _, p in sorted(captured["model"].named_parameters())])
     np.save(Path(cfg.Train.output_dir) / f"params_rank{rank}.npy", flat)
+    if world()[1] > 1:  # as tools/train.py: Paddle's teardown under launch can abort a finished rank (workarounds.py)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
