@@ -40,9 +40,13 @@ def converted_text(tmp_path_factory) -> Path:
     return convert(FIX, tmp_path_factory.mktemp("conv_text"), qformer_text=FIX / "qformer_text.safetensors", progress=False)
 
 
-def load(folder: Path, dtype: str) -> Blip2:
+def load(folder: Path, dtype: str, lora: list | None = None) -> Blip2:
+    """A converted checkpoint in eval mode, the whole model (LLM included) in ``dtype``; ``lora``: adapter
+    groups to put on it (its config's by default: none for a conversion)."""
     config = load_config(folder / "config.yaml").Model
     config.language.dtype = dtype  # the whole model, LLM included, in the compared precision
+    if lora is not None:
+        config.lora = lora
     with default_dtype(dtype):
         model = Blip2.from_pretrained(folder, config)
     model.eval()

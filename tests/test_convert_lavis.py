@@ -30,7 +30,7 @@ from paddle_medvl.convert.lavis import (
 )
 from paddle_medvl.convert.safe_pickle import UnsafePickleError, load_torch_zip
 from paddle_medvl.models.blip2 import Blip2
-from paddle_medvl.models.language import default_dtype
+from test_blip2_parity import load as parity_load
 from test_safe_pickle import op_dict, payload, pickled, save_state_dict, write_torch_zip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,12 +62,7 @@ def reference(tmp_path_factory) -> Path:
 
 
 def load(folder: Path, dtype: str = "float64") -> Blip2:
-    config = load_config(folder / "config.yaml").Model
-    config.language.dtype = dtype
-    with default_dtype(dtype):
-        model = Blip2.from_pretrained(folder, config)
-    model.eval()
-    return model
+    return parity_load(folder, dtype)
 
 
 def state(model: Blip2) -> dict[str, np.ndarray]:

@@ -19,8 +19,8 @@ from safetensors.numpy import load_file
 from paddle_medvl.config import DecodeConfig, LoRAConfig, load_config
 from paddle_medvl.convert.hf import convert, key_map
 from paddle_medvl.models.blip2 import Blip2
-from paddle_medvl.models.language import default_dtype
 from paddle_medvl.models.lora import lora_layers
+from test_blip2_parity import load, tensor
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "instructblip_t5"
 Q = 8
@@ -41,20 +41,6 @@ def inputs():
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     return convert(FIX, tmp_path_factory.mktemp("instructblip"), progress=False)
-
-
-def load(folder: Path, dtype: str, lora: list | None = None) -> Blip2:
-    config = load_config(folder / "config.yaml").Model
-    config.language.dtype = dtype
-    config.lora = lora or []
-    with default_dtype(dtype):
-        model = Blip2.from_pretrained(folder, config)
-    model.eval()
-    return model
-
-
-def tensor(array: np.ndarray, dtype: str | None = None) -> paddle.Tensor:
-    return paddle.to_tensor(array if dtype is None else array.astype(dtype))
 
 
 def close(actual, expected, dtype: str, what: str, factor: float = 1.0, llm: bool = False,

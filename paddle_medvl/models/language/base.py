@@ -204,7 +204,7 @@ class LanguageModel(nn.Layer):
 
     @property
     def vocab_size(self) -> int:
-        raise NotImplementedError
+        return self.config.vocab_size  # every family keeps its paddlenlp config as `self.config`
 
     def _hidden(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
         """Last hidden states [B, L, D] (the LM head's input), in the LLM's dtype."""

@@ -99,10 +99,6 @@ class OPTLanguageModel(LanguageModel):
     def embed_dim(self) -> int:
         return self.config.word_embed_proj_dim
 
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.opt.embeddings.word_embeddings(input_ids)
 

@@ -124,10 +124,6 @@ class T5LanguageModel(LanguageModel):
     def embed_dim(self) -> int:
         return self.config.d_model
 
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.t5.shared(input_ids)
 
