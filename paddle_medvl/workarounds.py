@@ -419,10 +419,10 @@ def fix_t5(model: nn.Layer, activation: str, max_distance: int) -> None:
     """
     from paddlenlp.transformers.t5.modeling import T5Attention, T5DenseGatedGeluDense, T5LayerNorm, T5Stack
 
-    if activation not in T5_ACTIVATIONS:
-        raise ValueError(f"T5 activation {activation!r} is not supported (known: {', '.join(T5_ACTIVATIONS)})")
     for layer in model.sublayers(include_self=True):
-        if isinstance(layer, T5DenseGatedGeluDense):
+        if isinstance(layer, T5DenseGatedGeluDense):  # a relu or gated-silu FFN computes what it names
+            if activation not in T5_ACTIVATIONS:
+                raise ValueError(f"T5 activation {activation!r} is not supported (known: {', '.join(T5_ACTIVATIONS)})")
             layer.gelu_act = T5_ACTIVATIONS[activation]()
         elif isinstance(layer, T5Attention) and layer.has_relative_attention_bias:
             layer.compute_bias = _t5_bias(layer, max_distance)

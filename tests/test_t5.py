@@ -73,6 +73,16 @@ def test_settings_are_translated_or_refused():
         t5_config({k: v for k, v in TINY.items() if k != "d_ff"}, "cfg.yaml")
 
 
+def test_original_t5s_relu_ffn_builds_and_computes_relu():
+    """T5 v1.0's FFN (feed_forward_proj relu, one wi): built as paddlenlp's T5DenseReluDense, untouched."""
+    relu = t5(feed_forward_proj="relu", dense_act_fn="relu")
+    ffn = relu.t5.encoder.block[0].layer[1].DenseReluDense
+    assert type(ffn).__name__ == "T5DenseReluDense" and relu.activation == "relu"
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((1, 2, 32)))
+    np.testing.assert_allclose(ffn(x).numpy(), np.maximum(x.numpy() @ ffn.wi.weight.numpy(), 0) @ ffn.wo.weight.numpy(),
+                               rtol=1e-12)
+
+
 def test_names_are_paddlenlp_names_once_and_the_hf_map_covers_them(lm):
     names = set(lm.state_dict())
     assert "t5.shared.weight" in names and "lm_head.weight" in names
