@@ -638,3 +638,28 @@ def test_in_memory_scenes_are_what_was_written(sets: dict[str, syn.SyntheticSet]
     for entry in json.loads((mimic.root / "annotation.json").read_text(encoding="utf-8"))["test"]:
         report, labels = syn.mimic_report(mimic.scenes[entry["id"]])
         assert report == entry["report"] and list(labels.values()) == rows[entry["study_id"]]
+
+
+def test_read_findings_inverts_the_synthetic_reports():
+    """iu_xray.read_findings (what tools/eval.py --findings scores) reads back every finding of a scene
+    from its report, raw and after R2Gen's cleaning: the report's wording and the reader cannot drift apart."""
+    from paddle_medvl.data.r2gen import clean_report
+    from paddle_medvl.data.synthetic.iu_xray import finding_accuracy, read_findings
+
+    rng = np.random.default_rng(0)
+    seen = Counter()
+    for _ in range(300):
+        scene = syn.sample_chest_scene(rng, 64, with_device=False)
+        report = syn.iu_report(scene)["findings"]
+        want = {"cardiomegaly": () if scene.cardiomegaly else None,
+                "nodule": (str(scene.nodule_mm), *scene.nodule) if scene.nodule else None,
+                "atelectasis": (scene.atelectasis,) if scene.atelectasis else None,
+                "effusion": (scene.effusion,) if scene.effusion else None,
+                "pneumothorax": (scene.pneumothorax,) if scene.pneumothorax else None}
+        for text in (report, clean_report(report, "iu_xray")):
+            assert read_findings(text) == want, text
+        seen.update(name for name, value in want.items() if value is not None)
+    assert min(seen.values()) > 10  # every finding was exercised
+    reference = {"a": "There is a small left pleural effusion.", "b": "The lungs are clear."}
+    scores = finding_accuracy({"a": "There is a small right pleural effusion.", "b": "The lungs are clear."}, reference)
+    assert scores["effusion"] == 1.0 and scores["effusion side"] == 0.0 and scores["nodule"] == 1.0

@@ -70,7 +70,7 @@ def iu_report(scene: ChestScene) -> dict[str, str]:
 # What a synthetic report states about each finding, read back from its text (raw or R2Gen-cleaned):
 # finding -> pattern whose groups are the finding's attributes. No match = the report says it is absent.
 FINDINGS = {
-    "cardiomegaly": r"heart is enlarged()",
+    "cardiomegaly": r"heart is enlarged",
     "nodule": r"(\d+) mm nodule in the (left|right) (upper|middle|lower) lung zone",
     "atelectasis": r"opacity at the (left|right) lung base",
     "effusion": r"small (left|right) pleural effusion",
