@@ -101,6 +101,19 @@ def test_stage2_adds_fresh_llm_adapters_and_keeps_stage1s(stages):
     assert np.abs(stage2["language_model.t5.encoder.block.0.layer.0.SelfAttention.q.lora_B"]).max() > 0
 
 
+def test_reloading_a_checkpoint_over_its_bases_keeps_their_adapters(stages):
+    """What resuming stage 2 does: the model is built from its bases (stage 1's visual adapters), then the
+    checkpoint's own tensors load over them (``only_own``). The visual adapters, not in that folder, stay."""
+    root, _ = stages
+    model = Blip2.from_pretrained(root / "s2" / "final")
+    before = {n: p.numpy().copy() for n, p in model.named_parameters() if ".lora_" in n}
+    model.load_weights(root / "s2" / "final", only_own=True)
+    after = {n: p.numpy() for n, p in model.named_parameters() if ".lora_" in n}
+    assert np.abs(before["vision_model.encoder.layers.0.self_attn.qkv.lora_B"]).max() > 0
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
 def test_adapter_dropout_follows_train_and_eval(stages):
     root, _ = stages
     model = Blip2.from_pretrained(root / "s2" / "final")

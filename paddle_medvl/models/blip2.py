@@ -349,10 +349,12 @@ class Blip2(nn.Layer):
             fresh = _concept_head(self.config)
             for name, value in fresh.state_dict().items():
                 own[f"concept_head.{name}"].set_value(value)
-        # Adapters the checkpoint has none of (stage 2 adds LoRA to the LLM on top of stage 1) start
-        # fresh, B = 0: the model computes exactly what the checkpoint's model computes.
+        # Adapters the whole chain has none of (stage 2 adds LoRA to the LLM on top of stage 1) start
+        # fresh, B = 0: the model computes exactly what the checkpoint's model computes. (With
+        # ``only_own`` the bases' adapters are loaded already and nothing is missing.)
         adapters = lora_layers(self)
-        fresh_adapters = {name for name in adapters if {f"{name}.lora_A", f"{name}.lora_B"}.isdisjoint(shape)}
+        fresh_adapters = {name for name in adapters if not only_own
+                          and {f"{name}.lora_A", f"{name}.lora_B"}.isdisjoint(shape)}
         for name in fresh_adapters:
             adapters[name].reset()
         missing = [k for k in missing if k.rsplit(".", 1)[0] not in fresh_adapters]
